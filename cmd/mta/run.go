@@ -93,9 +93,8 @@ func run(ctx context.Context, args []string, stdio Stdio) error {
 	}
 	c, ok := findCommand(cmds, sub)
 	if !ok {
-		fmt.Fprintf(stdio.Err, "mta: unknown command %q\n\n", sub)
 		usage(stdio.Err, cmds)
-		return errUsage
+		return exitf(exitUsage, "unknown command %q", sub)
 	}
 	return c.run(ctx, args[2:], stdio)
 }
