@@ -57,6 +57,7 @@ var errUsage = &exitError{code: exitUsage}
 
 func commands() []command {
 	return []command{
+		{"check-config", "validate a config file", runCheckConfig},
 		{"version", "print the version", runVersion},
 	}
 }
