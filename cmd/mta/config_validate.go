@@ -265,12 +265,9 @@ func withPort(s, port string) string {
 	return net.JoinHostPort(s, port)
 }
 
+// splitList splits a comma- or space-separated list of addresses.
 func splitList(s string) []string {
-	var out []string
-	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' }) {
-		out = append(out, f)
-	}
-	return out
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' })
 }
 
 func sortedKeys[V any](m map[string]V) []string {
