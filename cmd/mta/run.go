@@ -58,6 +58,7 @@ var errUsage = &exitError{code: exitUsage}
 func commands() []command {
 	return []command{
 		{"check-config", "validate a config file", runCheckConfig},
+		{"dkim", "make a DKIM signing key and its DNS record", runDKIM},
 		{"sendmail", "queue a message from standard input (sendmail-compatible)", runSendmail},
 		{"version", "print the version", runVersion},
 	}
