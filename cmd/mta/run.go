@@ -59,6 +59,7 @@ func commands() []command {
 	return []command{
 		{"check-config", "validate a config file", runCheckConfig},
 		{"dkim", "make a DKIM signing key and its DNS record", runDKIM},
+		{"queue", "list and manage the queue (through the daemon)", runQueue},
 		{"sendmail", "queue a message from standard input (sendmail-compatible)", runSendmail},
 		{"version", "print the version", runVersion},
 	}
