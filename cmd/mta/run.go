@@ -61,6 +61,7 @@ func commands() []command {
 		{"dkim", "make a DKIM signing key and its DNS record", runDKIM},
 		{"queue", "list and manage the queue (through the daemon)", runQueue},
 		{"sendmail", "queue a message from standard input (sendmail-compatible)", runSendmail},
+		{"spool", "check or compact the spool of a stopped daemon", runSpool},
 		{"version", "print the version", runVersion},
 	}
 }
