@@ -57,6 +57,7 @@ var errUsage = &exitError{code: exitUsage}
 
 func commands() []command {
 	return []command{
+		{"trace", "print the Received chain of a message as a table of hops", runTrace},
 		{"version", "print the version", runVersion},
 	}
 }
