@@ -74,7 +74,7 @@ func parseReceived(raw string) received {
 	case bad != "":
 		r.Malformed = bad
 	case semi < 0:
-		r.Malformed = "no date (no ';')"
+		r.Malformed = "no ';' and date"
 	case !known && r.Comment == "":
 		r.Malformed = "no from, by, with, id or for clause"
 	}

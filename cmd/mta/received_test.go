@@ -187,8 +187,8 @@ func unfold(s string) string { return strings.ReplaceAll(s, "\r\n", "") }
 
 func TestParseReceivedMalformed(t *testing.T) {
 	tests := []struct{ name, raw, why string }{
-		{"empty", "", "no date (no ';')"},
-		{"no date", "from a.example by b.example with SMTP id 1", "no date (no ';')"},
+		{"empty", "", "no ';' and date"},
+		{"no date", "from a.example by b.example with SMTP id 1", "no ';' and date"},
 		{"empty date", "from a.example by b.example with SMTP;", "empty date"},
 		{"unreadable date", "from a.example by b.example; yesterday at noon", "unreadable date: unexpected \"yesterday\""},
 		{"impossible date", "from a.example by b.example; 31 Feb 2024 10:00:00 +0000", "unreadable date: no day 31 in February"},

@@ -58,6 +58,7 @@ func runTrace(ctx context.Context, args []string, stdio Stdio) error {
 	if *asJSON {
 		enc := json.NewEncoder(stdio.Out)
 		enc.SetIndent("", "  ")
+		enc.SetEscapeHTML(false) // addresses keep their <>
 		return enc.Encode(hops)
 	}
 	return printTrace(stdio.Out, hops)
