@@ -284,3 +284,17 @@ func FuzzParseReceived(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkParseReceived(b *testing.B) {
+	raws := make([]string, len(realWorldReceived))
+	for i, c := range realWorldReceived {
+		raws[i] = unfold(c.raw)
+	}
+	b.ReportAllocs()
+	n := 0
+	for b.Loop() {
+		parseReceived(raws[n%len(raws)])
+		n++
+	}
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "headers/s")
+}

@@ -420,3 +420,34 @@ func TestPOP3Maildrop(t *testing.T) {
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+// BenchmarkPOP3Session measures whole sessions over loopback: login, STAT,
+// RETR of a 4 KiB message, QUIT.
+func BenchmarkPOP3Session(b *testing.B) {
+	box := NewMailbox()
+	box.Append([]byte("Subject: bench\r\n\r\n" + strings.Repeat(".dotted line of text, 32 octets\r\n", 128)))
+	srv := NewPOP3(POP3Config{Accounts: map[string]POP3Account{pop3User: {Password: pop3Pass, Mailbox: box}}})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() { _ = srv.Serve(l) }() // ends with ErrPOP3Closed at Close
+	b.Cleanup(func() { _ = srv.Close() })
+	script := "USER " + pop3User + "\r\nPASS " + pop3Pass + "\r\nSTAT\r\nRETR 1\r\nQUIT\r\n"
+	b.ReportAllocs()
+	for b.Loop() {
+		conn, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.WriteString(conn, script); err != nil {
+			b.Fatal(err)
+		}
+		reply, err := io.ReadAll(conn)
+		if err != nil || !strings.Contains(string(reply), "+OK bye") {
+			b.Fatalf("session: %v\n%s", err, reply)
+		}
+		_ = conn.Close() // the server has closed it already
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "sessions/s")
+}
