@@ -130,6 +130,14 @@ func TestTraceEdges(t *testing.T) {
 		{name: "no Received headers", stdin: "Subject: x\n\nbody\n", out: "no Received headers\n"},
 		{name: "no Received headers as JSON", stdin: "Subject: x\n\n", args: []string{"--json"}, out: "[]\n"},
 		{name: "empty input", stdin: "", out: "no Received headers\n"},
+		{
+			name:  "field name in any case, white space before the colon",
+			stdin: "RECEIVED : by b.example id 2; 3 Sep 2024 10:00:01 +0000\nreceived:by a.example id 1; 3 Sep 2024 10:00:00 +0000\n\n",
+			out: "HOP  DELAY  DATE                       FROM (HELO)  SEEN AS  BY         WITH  ID  FOR\n" +
+				"1           2024-09-03 10:00:00 +0000                        a.example        1\n" +
+				"2    +1s    2024-09-03 10:00:01 +0000                        b.example        2\n\n" +
+				"total +1s from hop 1 to hop 2\n",
+		},
 		{name: "two files", args: []string{"a", "b"}, code: exitUsage},
 		{name: "missing file", args: []string{filepath.Join(t.TempDir(), "none")}, errMsg: "no such file", code: exitFailure},
 		{
