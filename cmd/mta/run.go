@@ -62,6 +62,7 @@ func commands() []command {
 		{"queue", "list and manage the queue (through the daemon)", runQueue},
 		{"sendmail", "queue a message from standard input (sendmail-compatible)", runSendmail},
 		{"spool", "check or compact the spool of a stopped daemon", runSpool},
+		{"trace", "print the Received chain of a message as a table of hops", runTrace},
 		{"version", "print the version", runVersion},
 	}
 }
