@@ -10,7 +10,8 @@ import (
 // flight is one exchange series shared by every concurrent lookup of the
 // same (name, type).
 type flight struct {
-	done chan struct{}
+	done    chan struct{}
+	waiters int // callers that joined, under flightGroup.mu
 	ans  *answer
 	exs  []Exchange
 }
@@ -38,6 +39,7 @@ func (g *flightGroup) do(ctx context.Context, log *slog.Logger, key cacheKey,
 		g.m[key] = f
 		go g.run(context.WithoutCancel(ctx), log, key, f, fn)
 	}
+	f.waiters++
 	g.mu.Unlock()
 	select {
 	case <-f.done:

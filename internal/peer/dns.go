@@ -65,8 +65,11 @@ type DNS struct {
 	tcp  *dns.Server
 	log  *slog.Logger
 
+	closed chan struct{} // closed by Close: held queries give up
+
 	mu      sync.Mutex
 	zone    *zone
+	holds   map[string]chan struct{}
 	modes   map[string]Mode
 	allMode Mode
 	queries []Query // ring of the last maxQueryLog
@@ -81,7 +84,8 @@ func NewDNS(opts DNSOptions) (*DNS, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &DNS{log: opts.Logger, zone: z, modes: make(map[string]Mode), counts: make(map[Query]int)}
+	d := &DNS{log: opts.Logger, zone: z, closed: make(chan struct{}),
+		modes: make(map[string]Mode), holds: make(map[string]chan struct{}), counts: make(map[Query]int)}
 	if d.log == nil {
 		d.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -154,6 +158,11 @@ func (d *DNS) Addr() string { return d.addr }
 
 // Close stops both listeners.
 func (d *DNS) Close() error {
+	select {
+	case <-d.closed:
+	default:
+		close(d.closed)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return errors.Join(d.udp.ShutdownContext(ctx), d.tcp.ShutdownContext(ctx))
@@ -181,6 +190,25 @@ func (d *DNS) Set(name string, m Mode) {
 		return
 	}
 	d.modes[canonical(name)] = m
+}
+
+// Hold makes queries for name wait, unanswered, until release is called
+// (or the server closes); they are recorded on arrival. It lets a test
+// have several lookups in flight at once without timing.
+func (d *DNS) Hold(name string) (release func()) {
+	ch := make(chan struct{})
+	d.mu.Lock()
+	d.holds[canonical(name)] = ch
+	d.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			d.mu.Lock()
+			delete(d.holds, canonical(name))
+			d.mu.Unlock()
+			close(ch)
+		})
+	}
 }
 
 // SetAll gives every name the behaviours m, on top of any per-name ones.

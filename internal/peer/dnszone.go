@@ -118,6 +118,7 @@ func (d *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	d.log.Debug("dns query", slog.String("name", name), slog.String("type", dns.TypeToString[q.Qtype]),
 		slog.String("proto", proto))
 
+	d.wait(name)
 	d.mu.Lock()
 	mode := d.modes[name] | d.allMode
 	z := d.zone
@@ -151,6 +152,20 @@ func (d *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		m.Truncate(size)
 	}
 	_ = w.WriteMsg(m) // a client that went away is not the server's problem
+}
+
+// wait blocks while name is held (see Hold).
+func (d *DNS) wait(name string) {
+	d.mu.Lock()
+	ch := d.holds[name]
+	d.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case <-ch:
+	case <-d.closed:
+	}
 }
 
 // answer fills m for (name, qtype) from z: the CNAME chain (chased while
