@@ -12,8 +12,8 @@ import (
 type flight struct {
 	done    chan struct{}
 	waiters int // callers that joined, under flightGroup.mu
-	ans  *answer
-	exs  []Exchange
+	ans     *answer
+	exs     []Exchange
 }
 
 // flightGroup runs at most one flight per key at a time.
