@@ -73,7 +73,7 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16, tr *[]E
 	key := cacheKey{name: name, qtype: qtype}
 	if a, age, ok := r.cache.get(key, r.cfg.Now()); ok {
 		ex := Exchange{Name: name, Type: dns.TypeToString[qtype], Rcode: rcodeText(a.rcode), Cached: true, Err: a.err}
-		ex.Answer, ex.Omitted = records(a.rrs, uint32(age.Seconds()))
+		ex.Answer, ex.Omitted = aged(a.recs, uint32(age.Seconds())), a.omitted
 		*tr = append(*tr, ex)
 		r.report(ctx, ex, a, 0)
 		return a
