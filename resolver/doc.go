@@ -12,8 +12,10 @@
 //     "[IPv6:2001:db8::1]", RFC 5321 §4.1.3) routes straight to its address.
 //   - One MX query is made for the domain. A CNAME chain in the answer is
 //     followed; the end of the chain is queried again only when the answer
-//     carries no data for it (an authoritative-only server answers with the
-//     CNAME alone). The recipient domain itself is never rewritten.
+//     carries neither data for it nor an SOA covering it (an
+//     authoritative-only server answers with the CNAME alone; a NODATA
+//     answer, RFC 2308 §2.2, carries the SOA). The recipient domain itself
+//     is never rewritten.
 //   - NXDOMAIN is permanent (5.1.2). A single MX with target "." is a null
 //     MX (RFC 7505): permanent 5.1.10. A "." among real MX records is
 //     ignored. No MX records (NODATA) means the implicit MX: the domain

@@ -30,7 +30,7 @@ type result struct {
 
 // resolve looks up (name, qtype), following CNAMEs: first through the
 // answer itself, then by asking for the end of the chain when the answer
-// stops there without data. Every exchange and cache answer is appended to
+// stops there without data and without an SOA that covers the end. Every exchange and cache answer is appended to
 // tr.
 func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16, tr *[]Exchange) result {
 	cur := strings.ToLower(dns.Fqdn(name))
@@ -62,8 +62,14 @@ func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16, tr *[
 			return result{status: statusOK, records: data}
 		case len(chain) == 0:
 			return result{status: statusNoData}
+		case a.soa != nil && dns.IsSubDomain(a.soa.Hdr.Name, cur):
+			// RFC 2308 §2.2: a NODATA answer for the end of the chain,
+			// from a server that holds the end's zone.
+			return result{status: statusNoData}
 		}
-		// The chain ended without data: ask for its end.
+		// The chain ended without data and without a word on its end (an
+		// authoritative-only server that does not hold the end's zone):
+		// ask for the end.
 	}
 }
 
