@@ -58,6 +58,7 @@ var errUsage = &exitError{code: exitUsage}
 func commands() []command {
 	return []command{
 		{"version", "print the version", runVersion},
+		{"route", "show how mail to a domain is routed (MX, addresses, DNS trace)", runRoute},
 	}
 }
 
