@@ -256,17 +256,24 @@ type skippedJSON struct {
 }
 
 type exchangeJSON struct {
-	Name       string            `json:"name"`
-	Type       string            `json:"type"`
-	Server     string            `json:"server,omitempty"`
-	Proto      string            `json:"proto,omitempty"`
-	Rcode      string            `json:"rcode"`
-	Answer     []resolver.Record `json:"answer"`
-	Omitted    int               `json:"omitted,omitempty"`
-	DurationMS float64           `json:"duration_ms"`
-	Cached     bool              `json:"cached"`
-	Truncated  bool              `json:"truncated,omitempty"`
-	Err        string            `json:"error,omitempty"`
+	Name       string       `json:"name"`
+	Type       string       `json:"type"`
+	Server     string       `json:"server,omitempty"`
+	Proto      string       `json:"proto,omitempty"`
+	Rcode      string       `json:"rcode"`
+	Answer     []recordJSON `json:"answer"`
+	Omitted    int          `json:"omitted,omitempty"`
+	DurationMS float64      `json:"duration_ms"`
+	Cached     bool         `json:"cached"`
+	Truncated  bool         `json:"truncated,omitempty"`
+	Err        string       `json:"error,omitempty"`
+}
+
+type recordJSON struct {
+	Name string `json:"name"`
+	Type string `json:"type"`
+	TTL  uint32 `json:"ttl"`
+	Data string `json:"data"`
 }
 
 type errorJSON struct {
@@ -285,9 +292,9 @@ func printRouteJSON(w io.Writer, rt *resolver.Route, re *resolver.Error) error {
 		out.Error = &errorJSON{Permanent: re.Permanent, Enhanced: re.Enhanced, Reason: re.Reason}
 	}
 	for _, ex := range trace {
-		ans := ex.Answer
-		if ans == nil {
-			ans = []resolver.Record{}
+		ans := []recordJSON{}
+		for _, r := range ex.Answer {
+			ans = append(ans, recordJSON(r))
 		}
 		out.Trace = append(out.Trace, exchangeJSON{Name: ex.Name, Type: ex.Type, Server: ex.Server,
 			Proto: ex.Proto, Rcode: ex.Rcode, Answer: ans, Omitted: ex.Omitted,

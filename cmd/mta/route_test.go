@@ -46,13 +46,13 @@ func TestRouteCommand(t *testing.T) {
 		name    string
 		args    []string
 		status  int
-		stdout  []string // substrings, in order
+		stdout  []string // substrings, in order, spaces collapsed
 		message string   // prefix of the stderr line after "mta: "
 	}{
 		{name: "route_found", args: []string{"plain.test", srv}, status: exitOK, stdout: []string{
-			"route to plain.test", "DNS steps:", "1. MX plain.test.", "NOERROR", d.Addr() + "/udp",
-			"plain.test. 300 MX 10 mx1.plain.test.", "2. A mx1.plain.test.", "hosts, in the order delivery tries them (MX)",
-			"1. mx1.plain.test", "pref 10", "192.0.2.1", "2. mx2.plain.test", "pref 20", "192.0.2.2 2001:db8::2"}},
+			"route to plain.test", "DNS steps:", "1 MX plain.test. NOERROR " + d.Addr() + " udp",
+			"plain.test. 300 MX 10 mx1.plain.test.", "2 A mx1.plain.test. NOERROR", "hosts, in the order delivery tries them (MX)",
+			"1. mx1.plain.test pref 10 192.0.2.1", "2. mx2.plain.test pref 20 192.0.2.2 2001:db8::2"}},
 		{name: "flags_before_domain", args: []string{srv, "plain.test"}, status: exitOK, stdout: []string{"1. mx1.plain.test"}},
 		{name: "null_MX_is_permanent", args: []string{"nullmx.test", srv}, status: exitNoHost,
 			stdout: []string{"nullmx.test. 300 MX 0 .", "no route: domain accepts no mail"}, message: "permanent: no route to nullmx.test"},
@@ -61,10 +61,10 @@ func TestRouteCommand(t *testing.T) {
 		{name: "SERVFAIL_is_temporary", args: []string{"servfail.test", srv}, status: exitTempFail,
 			stdout: []string{"SERVFAIL"}, message: "temporary: no route to servfail.test now, try later"},
 		{name: "lab_addresses_prohibited", args: []string{"lab.test", srv}, status: exitNoHost,
-			stdout: []string{"dropped:", "mx.lab.test", "no usable address (all prohibited)", "skipped 127.0.0.2", "prohibited: loopback",
-				"gone.lab.test", "host does not exist (NXDOMAIN)"}, message: "permanent: no route to lab.test: no usable mail host"},
+			stdout: []string{"dropped:", "mx.lab.test pref 10 no usable address (all prohibited)", "skipped 127.0.0.2: prohibited: loopback",
+				"gone.lab.test pref 20 host does not exist (NXDOMAIN)"}, message: "permanent: no route to lab.test: no usable mail host"},
 		{name: "lab_allowed", args: []string{"lab.test", srv, "--allow-private"}, status: exitOK,
-			stdout: []string{"1. mx.lab.test", "127.0.0.2", "dropped:", "gone.lab.test"}},
+			stdout: []string{"1. mx.lab.test pref 10 127.0.0.2", "dropped:", "gone.lab.test"}},
 		{name: "self_by_hostname", args: []string{"plain.test", srv, "--hostname", "MX1.plain.test"}, status: exitNoHost,
 			stdout: []string{"self: our host name", "preference 20 is not better than ours (10)"}, message: "permanent: no route to plain.test: mail loops back to myself (5.4.6)"},
 		{name: "address_literal", args: []string{"[192.0.2.7]", srv}, status: exitOK,
@@ -80,7 +80,8 @@ func TestRouteCommand(t *testing.T) {
 			if status != tc.status {
 				t.Fatalf("exit %d, want %d\nstdout:\n%s\nstderr: %s", status, tc.status, out, stderr)
 			}
-			rest := out
+			// Columns are padded; compare with runs of spaces collapsed.
+			rest := strings.Join(strings.Fields(out), " ")
 			for _, want := range tc.stdout {
 				i := strings.Index(rest, want)
 				if i < 0 {
@@ -125,6 +126,9 @@ func TestRouteCommandJSON(t *testing.T) {
 					Permanent bool
 					Enhanced  string
 				}
+			}
+			if !strings.Contains(out, `"data": `) || !strings.Contains(out, `"duration_ms": `) {
+				t.Errorf("JSON keys are not snake_case:\n%s", out)
 			}
 			if err := json.Unmarshal([]byte(out), &got); err != nil {
 				t.Fatalf("stdout is not JSON: %v\n%s", err, out)
