@@ -63,7 +63,9 @@
 // SERVFAIL-like failures for failureTTL (under 5 minutes); timeouts are not
 // cached. The cache holds at most Config.CacheEntries answers of at most
 // maxCachedRecords records each, evicting the least recently used.
-// Concurrent lookups of one (name, type) share one exchange.
+// Concurrent lookups of one (name, type) share one exchange; each of their
+// traces shows that exchange, and only the lookup that made it reports it
+// to the Logger and the Observer.
 //
 // Invariants: every Host in Route.Hosts has at least one address, none of
 // them self, and none prohibited unless AllowPrivate; Route.Trace lists
