@@ -22,6 +22,9 @@ type answer struct {
 	rrs   []dns.RR // the CNAME chain from the name and the data at its end
 	soa   *dns.SOA // authority SOA of a negative answer, or nil
 	err   string   // why there is no reply, when rcode < 0
+	// noData is set when rrs ends without records of the type asked
+	// (NODATA, NXDOMAIN, or a chain left for the caller to follow).
+	noData bool
 
 	// recs and omitted are rrs as a trace shows them, made once so that
 	// cache answers do not format records again.
@@ -72,7 +75,8 @@ func reduce(m *dns.Msg, name string, qtype uint16) *answer {
 	}
 	a.rrs = append(a.rrs, data...)
 	a.recs, a.omitted = records(a.rrs)
-	if len(data) == 0 {
+	a.noData = len(data) == 0
+	if a.noData {
 		for _, rr := range m.Ns {
 			if soa, ok := rr.(*dns.SOA); ok && soa.Hdr.Class == dns.ClassINET {
 				a.soa = soa
