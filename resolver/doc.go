@@ -25,7 +25,8 @@
 //     shuffled (RFC 5321 §5.1). An MX target that is an IP address or not a
 //     host name is dropped as malformed. At most maxHosts hosts are resolved.
 //   - Each host's A and AAAA records are looked up (a CNAME there is
-//     followed). Addresses that are loopback, unspecified, link-local,
+//     followed; AAAA is not asked when A says NXDOMAIN). A host's addresses
+//     keep the server's order, IPv4 first; delivery picks the family. Addresses that are loopback, unspecified, link-local,
 //     multicast, private (RFC 1918, RFC 4193), shared (RFC 6598) or
 //     otherwise not global unicast are "prohibited" unless
 //     Config.AllowPrivate is set, so that a hostile "MX 10 localhost" cannot

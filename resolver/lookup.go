@@ -84,11 +84,12 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16, tr *[]E
 		r.report(ctx, ex, a, 0)
 		return a
 	}
-	a, exs, err := r.flights.do(ctx, r.log, key, func(fctx context.Context) (*answer, []Exchange) {
-		a, exs := r.exchangeAll(fctx, name, qtype)
-		r.cache.put(key, a, r.cfg.Now(), ttlFor(a, r.cfg.MaxTTL))
-		return a, exs
-	})
+	err := ctx.Err() // a caller that has given up starts no exchange
+	var exs []Exchange
+	var a *answer
+	if err == nil {
+		a, exs, err = r.flights.do(ctx, r.log, key, r.fetch(key))
+	}
 	if err != nil {
 		a = &answer{rcode: rcodeError, err: "lookup abandoned: " + err.Error()}
 		if isTimeout(err) {
@@ -99,4 +100,13 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16, tr *[]E
 	}
 	*tr = append(*tr, exs...)
 	return a
+}
+
+// fetch is the flight for key: the exchanges, then the cache.
+func (r *Resolver) fetch(key cacheKey) func(context.Context) (*answer, []Exchange) {
+	return func(ctx context.Context) (*answer, []Exchange) {
+		a, exs := r.exchangeAll(ctx, key.name, key.qtype)
+		r.cache.put(key, a, r.cfg.Now(), ttlFor(a, r.cfg.MaxTTL))
+		return a, exs
+	}
 }
