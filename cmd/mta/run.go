@@ -64,6 +64,7 @@ func commands() []command {
 		{"spool", "check or compact the spool of a stopped daemon", runSpool},
 		{"trace", "print the Received chain of a message as a table of hops", runTrace},
 		{"version", "print the version", runVersion},
+		{"route", "show how mail to a domain is routed (MX, addresses, DNS trace)", runRoute},
 	}
 }
 
