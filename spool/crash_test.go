@@ -269,4 +269,3 @@ func crashDeliverer(ctx context.Context, s *Spool, rng *rand.Rand, kick <-chan s
 	}
 	return nil
 }
-
