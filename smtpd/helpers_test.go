@@ -96,7 +96,13 @@ type testServer struct {
 // startServer starts a server; opts adjust the config before New.
 func startServer(t testing.TB, opts ...func(*Config)) *testServer {
 	t.Helper()
-	sp, err := spool.Open(t.TempDir(), spool.Options{Logger: testLogger(t)})
+	return startServerWithSpool(t, spool.Options{}, opts...)
+}
+
+func startServerWithSpool(t testing.TB, so spool.Options, opts ...func(*Config)) *testServer {
+	t.Helper()
+	so.Logger = testLogger(t)
+	sp, err := spool.Open(t.TempDir(), so)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -391,4 +397,24 @@ func mustPrefixes(ps ...string) []netip.Prefix {
 		out = append(out, netip.MustParsePrefix(p))
 	}
 	return out
+}
+
+// testClock is a clock tests move by hand.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *testClock { return &testClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
 }

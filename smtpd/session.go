@@ -125,6 +125,8 @@ func (s *session) AuthMechanisms() []string {
 func (s *session) Auth(mech string) (_ sasl.Server, err error) {
 	defer s.recoverPanic(&err)
 	switch {
+	case s.c.handedOff():
+		return nil, errBadSequence
 	case !s.kind.submission():
 		return nil, errAuthNotOffered
 	case !s.c.isTLS():
