@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -111,7 +112,7 @@ func NewUser(login, hash string, addresses []string) (*User, error) {
 		return nil, err
 	}
 	hash = strings.TrimSpace(hash)
-	if _, err := bcrypt.Cost([]byte(hash)); err != nil {
+	if _, err := bcrypt.Cost([]byte(hash)); err != nil || !strings.HasPrefix(hash, "$2") {
 		return nil, fmt.Errorf("user %q: not a bcrypt hash", login)
 	}
 	u := &User{Login: login, Hash: hash}
@@ -140,18 +141,28 @@ func checkLogin(login string) error {
 	return nil
 }
 
-// normalizeOwned normalises "local@domain" or "@domain".
+// normalizeOwned normalises "local@domain" or "@domain". The result must
+// normalise to itself, so the file reads back the same.
 func normalizeOwned(a string) (string, error) {
+	if !utf8.ValidString(a) {
+		return "", errors.New("not valid UTF-8")
+	}
 	if d, ok := strings.CutPrefix(a, "@"); ok {
 		n, err := mailaddr.NormalizeDomain(d)
 		if err != nil {
 			return "", err
+		}
+		if again, err := mailaddr.NormalizeDomain(n); err != nil || again != n {
+			return "", fmt.Errorf("domain %q does not normalise to itself", d)
 		}
 		return "@" + n, nil
 	}
 	p, err := mailaddr.Parse(a)
 	if err != nil {
 		return "", err
+	}
+	if again, err := mailaddr.Parse(p.String()); err != nil || again.String() != p.String() {
+		return "", fmt.Errorf("address %q does not normalise to itself", a)
 	}
 	return p.String(), nil
 }
