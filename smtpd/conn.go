@@ -1,0 +1,424 @@
+package smtpd
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// listener wraps the sockets of one Serve call: it counts connections and
+// refuses those past the limits before go-smtp sees them.
+type listener struct {
+	net.Listener
+	srv  *Server
+	kind Kind
+	// handoff receives the connections that completed STARTTLS; nil when
+	// this listener offers no STARTTLS.
+	handoff *handoffListener
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	for {
+		raw, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if c := l.srv.admit(raw, l); c != nil {
+			return c, nil
+		}
+	}
+}
+
+// admit counts raw against the connection limits and wraps it, or writes
+// 421 and closes it (returning nil).
+func (s *Server) admit(raw net.Conn, l *listener) *conn {
+	c := &conn{Conn: raw, raw: raw, srv: s, l: l, kind: l.kind, uid: -1}
+	if l.kind == Local {
+		uid, err := peerUID(raw)
+		if err != nil {
+			s.log.Warn("local connection without peer credentials", "err", err)
+			_ = raw.Close() // nothing was said yet; the error is logged above
+			return nil
+		}
+		c.uid = uid
+	} else if a, ok := raw.RemoteAddr().(*net.TCPAddr); ok {
+		c.ip = a.AddrPort().Addr().Unmap()
+	}
+	lim := s.currentLimits()
+	s.mu.Lock()
+	over := s.total >= lim.ConnsTotal ||
+		c.ip.IsValid() && s.perIP[c.ip] >= lim.ConnsPerIP && !s.isTrusted(c.ip)
+	if !over {
+		s.total++
+		if c.ip.IsValid() {
+			s.perIP[c.ip]++
+		}
+		s.conns[c] = struct{}{}
+	}
+	s.mu.Unlock()
+	if over {
+		s.refuse(raw, l.kind, c.ip)
+		return nil
+	}
+	s.obs.ConnOpened(l.kind.String())
+	c.ptr = s.startPTR(c.ip)
+	if l.kind == Submissions {
+		c.tls = tls.Server(raw, s.tls)
+		c.Conn = c.tls
+	}
+	return c
+}
+
+func (s *Server) refuse(raw net.Conn, kind Kind, ip netip.Addr) {
+	s.obs.ConnRefused(kind.String())
+	s.log.Debug("connection refused: too many connections", "ip", ip.String(), "listener", kind.String())
+	if kind != Submissions { // a TLS client could not read a plaintext reply
+		_ = raw.SetWriteDeadline(time.Now().Add(time.Second)) // best effort: the socket is closed next
+		_, _ = io.WriteString(raw, lineTooManyConns)          // best effort, as above
+	}
+	_ = raw.Close() // nothing more to tell anyone
+}
+
+// release gives back c's connection slot.
+func (s *Server) release(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.total--
+	if c.ip.IsValid() {
+		if s.perIP[c.ip]--; s.perIP[c.ip] <= 0 {
+			delete(s.perIP, c.ip)
+		}
+	}
+	s.mu.Unlock()
+	s.obs.ConnClosed(c.kind.String())
+}
+
+// upgrade hands the socket of old, whose client was told to start TLS, to
+// the listener's STARTTLS server as a new TLS connection. It keeps old's
+// connection slot.
+func (s *Server) upgrade(old *conn) {
+	n := &conn{raw: old.raw, srv: s, l: old.l, kind: old.kind, ip: old.ip, uid: old.uid, ptr: old.ptr}
+	n.tls = tls.Server(old.raw, s.tls)
+	n.Conn = n.tls
+	n.skipGreeting = true
+	s.mu.Lock()
+	delete(s.conns, old)
+	s.conns[n] = struct{}{}
+	s.mu.Unlock()
+	if !old.l.handoff.deliver(n) {
+		_ = n.Close() // shutting down: the STARTTLS server is gone
+	}
+}
+
+// conn is the net.Conn go-smtp reads and writes. It does the TLS (so the
+// reply filter below sees plaintext also after STARTTLS), filters replies,
+// keeps read errors sticky and sets the deadlines of the DATA phase.
+type conn struct {
+	net.Conn // raw, or TLS over raw
+	raw      net.Conn
+	srv      *Server
+	l        *listener
+	kind     Kind
+	ip       netip.Addr // invalid on the local socket
+	uid      int        // peer uid on the local socket, else -1
+	ptr      *ptrLookup
+
+	tls    *tls.Conn // non-nil when the session runs in TLS
+	hsOnce sync.Once
+	hsErr  error
+
+	// Used only by the goroutine go-smtp serves this connection on.
+	readErr      error     // sticky: after one failed read, every read fails
+	dataUntil    time.Time // during DATA: the overall cap, else zero
+	midLine      bool      // the last write did not end a line
+	skipGreeting bool      // swallow go-smtp's greeting after STARTTLS
+	esmtp        bool      // the client said EHLO, not HELO
+	wbuf         []byte
+
+	killed atomic.Bool // a hook panicked: end the connection
+
+	mu      sync.Mutex // guards what Shutdown and Close touch
+	handoff bool       // STARTTLS was accepted; go-smtp's session on this is over
+	closed  bool
+	sess    *session
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	if c.readErr != nil {
+		return 0, c.readErr
+	}
+	if c.handedOff() || c.killed.Load() {
+		c.readErr = io.EOF
+		return 0, io.EOF
+	}
+	if err := c.handshake(); err != nil {
+		c.readErr = err
+		return 0, err
+	}
+	if !c.dataUntil.IsZero() {
+		d := time.Now().Add(c.srv.timeouts.DataIdle)
+		if d.After(c.dataUntil) {
+			d = c.dataUntil
+		}
+		if err := c.Conn.SetReadDeadline(d); err != nil {
+			c.readErr = err
+			return 0, err
+		}
+	}
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.readErr = err
+	}
+	return n, err
+}
+
+func (c *conn) Write(p []byte) (int, error) {
+	if err := c.handshake(); err != nil {
+		return 0, err
+	}
+	out := c.filter(p)
+	if len(out) > 0 {
+		if _, err := c.Conn.Write(out); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+// SetReadDeadline is called by go-smtp before each command line: the DATA
+// phase, if any, is over. While shutting down, a session outside a
+// transaction gets a deadline in the past, so go-smtp says 421 and ends.
+func (c *conn) SetReadDeadline(t time.Time) error {
+	c.dataUntil = time.Time{}
+	if c.srv.closing.Load() && !c.inTransaction() {
+		t = time.Now()
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *conn) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	handoff := c.handoff
+	c.mu.Unlock()
+	if handoff {
+		c.srv.upgrade(c)
+		return nil
+	}
+	c.srv.release(c)
+	return c.Conn.Close()
+}
+
+// beginData starts the DATA phase: reads get the idle deadline, capped at
+// until.
+func (c *conn) beginData(until time.Time) { c.dataUntil = until }
+
+func (c *conn) handshake() error {
+	if c.tls == nil {
+		return nil
+	}
+	c.hsOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), c.srv.timeouts.TLSHandshake)
+		defer cancel()
+		c.hsErr = c.tls.HandshakeContext(ctx)
+		if c.hsErr != nil {
+			c.srv.log.Debug("TLS handshake failed", "ip", c.ip.String(), "listener", c.kind.String(), "err", c.hsErr)
+		}
+	})
+	return c.hsErr
+}
+
+func (c *conn) isTLS() bool { return c.tls != nil }
+
+func (c *conn) handedOff() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.handoff
+}
+
+func (c *conn) setSession(s *session) {
+	c.mu.Lock()
+	c.sess = s
+	c.mu.Unlock()
+}
+
+func (c *conn) inTransaction() bool {
+	c.mu.Lock()
+	s := c.sess
+	c.mu.Unlock()
+	return s != nil && s.tx.Load()
+}
+
+// interruptIfIdle makes a session outside a transaction stop waiting for
+// its next command (Shutdown).
+func (c *conn) interruptIfIdle() {
+	if !c.inTransaction() {
+		_ = c.Conn.SetReadDeadline(time.Now()) // a closed connection needs no interrupt
+	}
+}
+
+// offersSTARTTLS: this connection is plaintext on a listener with STARTTLS.
+func (c *conn) offersSTARTTLS() bool { return c.tls == nil && c.l.handoff != nil }
+
+// filter rewrites go-smtp's replies line by line (go-smtp writes whole
+// lines, each with one Write). It returns what goes to the client.
+func (c *conn) filter(p []byte) []byte {
+	if c.handedOff() {
+		return nil
+	}
+	c.wbuf = c.wbuf[:0]
+	for rest := p; len(rest) > 0; {
+		line := rest
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			line = rest[:i+1]
+		}
+		rest = rest[len(line):]
+		start := !c.midLine
+		c.midLine = line[len(line)-1] != '\n'
+		if start {
+			line = c.rewrite(line)
+		}
+		c.wbuf = append(c.wbuf, line...)
+	}
+	return c.wbuf
+}
+
+var (
+	replyChunking  = []byte("250-CHUNKING\r\n")
+	replyStartTLS  = []byte("250-STARTTLS\r\n")
+	replySize      = []byte("250 SIZE\r\n")
+	replyHELO      = []byte("250 2.0.0 Hello ")
+	replyNoTLS     = []byte("502 5.5.1 TLS not supported\r\n")
+	replyIdle      = []byte("421 4.4.2 Idle timeout, bye bye\r\n")
+	replyGreeting  = []byte("220 ")
+	lineStartTLSb  = []byte(lineStartTLS)
+	lineShutdownb  = []byte(lineShutdown)
+	replyCodeDigit = func(b byte) bool { return b >= '0' && b <= '9' }
+)
+
+// rewrite returns the line to send instead of line (nil drops it).
+func (c *conn) rewrite(line []byte) []byte {
+	switch {
+	case c.skipGreeting && bytes.HasPrefix(line, replyGreeting):
+		c.skipGreeting = false
+		return nil
+	case bytes.Equal(line, replyChunking):
+		// CHUNKING is never offered; its place in the EHLO reply (never
+		// the last line) is where STARTTLS goes when offered.
+		c.esmtp = true
+		if c.offersSTARTTLS() {
+			return replyStartTLS
+		}
+		return nil
+	case bytes.HasPrefix(line, replyHELO):
+		c.esmtp = false
+	case bytes.Equal(line, replySize):
+		line = strconv.AppendInt([]byte("250 SIZE "), c.srv.currentLimits().MaxMessageBytes, 10)
+		line = append(line, '\r', '\n')
+	case bytes.Equal(line, replyNoTLS) && c.offersSTARTTLS():
+		c.mu.Lock()
+		c.handoff = true
+		c.mu.Unlock()
+		line = lineStartTLSb
+	case bytes.Equal(line, replyIdle) && c.srv.closing.Load():
+		line = lineShutdownb
+	}
+	if len(line) >= 4 && line[3] == ' ' && replyCodeDigit(line[0]) && replyCodeDigit(line[1]) && replyCodeDigit(line[2]) {
+		c.srv.obs.Reply(c.kind.String(), int(line[0]-'0')*100+int(line[1]-'0')*10+int(line[2]-'0'))
+	}
+	return line
+}
+
+// handoffListener is the listener of a STARTTLS server: it yields the
+// connections that upgrade hands over.
+type handoffListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+	addr net.Addr
+}
+
+func newHandoffListener(addr net.Addr) *handoffListener {
+	return &handoffListener{ch: make(chan net.Conn), done: make(chan struct{}), addr: addr}
+}
+
+func (h *handoffListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-h.ch:
+		return c, nil
+	case <-h.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (h *handoffListener) Close() error {
+	h.once.Do(func() { close(h.done) })
+	return nil
+}
+
+func (h *handoffListener) Addr() net.Addr { return h.addr }
+
+func (h *handoffListener) deliver(c net.Conn) bool {
+	select {
+	case h.ch <- c:
+		return true
+	case <-h.done:
+		return false
+	}
+}
+
+// ptrLookup is the client's PTR name, looked up once per connection while
+// the client talks.
+type ptrLookup struct {
+	done chan struct{}
+	name string
+}
+
+const ptrTimeout = 2 * time.Second
+
+func (s *Server) startPTR(ip netip.Addr) *ptrLookup {
+	p := &ptrLookup{done: make(chan struct{}), name: "unknown"}
+	if s.cfg.LookupPTR == nil || !ip.IsValid() {
+		close(p.done)
+		return p
+	}
+	go func() {
+		defer close(p.done)
+		defer func() {
+			if r := recover(); r != nil {
+				s.log.Error("panic in LookupPTR", "panic", r, "ip", ip.String())
+				s.obs.Panicked("ptr")
+			}
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), ptrTimeout)
+		defer cancel()
+		if name, err := s.cfg.LookupPTR(ctx, ip); err == nil && name != "" {
+			p.name = sanitizeToken(name)
+		}
+	}()
+	return p
+}
+
+// wait returns the name, or "unknown" when the lookup is still running
+// after its timeout.
+func (p *ptrLookup) wait() string {
+	t := time.NewTimer(ptrTimeout)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		return p.name
+	case <-t.C:
+		return "unknown"
+	}
+}
