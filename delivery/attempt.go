@@ -28,8 +28,8 @@ import (
 
 // job is one message's claimed recipients for one destination.
 type job struct {
-	id    string
-	dest  *destination
+	id     string
+	dest   *destination
 	tasks  []spool.Task
 	spread int // rotation of equal-preference hosts
 
@@ -71,8 +71,8 @@ type attempt struct {
 	start    time.Time
 	pending  []int // recipient indexes still to resolve
 	results  map[int]result
-	addrs    int // addresses dialled
-	sessions int // sessions that completed EHLO
+	addrs    int           // addresses dialled
+	sessions int           // sessions that completed EHLO
 	last     *AttemptError // the last host-level failure
 	lastTemp *AttemptError // the last temporary one
 	capErr   *AttemptError // a host lacked what the message needs

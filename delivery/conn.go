@@ -34,13 +34,13 @@ type deadlineConn struct {
 	net.Conn
 	stop func() bool // unregisters the context's close
 
-	mu       sync.Mutex
-	phase    string
-	until    time.Time     // fixed deadline of the phase
-	perOp    time.Duration // > 0: each operation gets now+perOp instead
-	next     *phaseSpec    // phase that starts at the first write
-	rd, wd   time.Time     // what the caller asked for
-	closed   bool
+	mu     sync.Mutex
+	phase  string
+	until  time.Time     // fixed deadline of the phase
+	perOp  time.Duration // > 0: each operation gets now+perOp instead
+	next   *phaseSpec    // phase that starts at the first write
+	rd, wd time.Time     // what the caller asked for
+	closed bool
 }
 
 type phaseSpec struct {
