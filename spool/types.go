@@ -233,4 +233,10 @@ type Options struct {
 	Now func() time.Time
 	// Logger (nil discards).
 	Logger *slog.Logger
+	// Observer receives commit measurements (nil: none).
+	Observer Observer
+	// UnsafeNoSync skips every fsync: a crash or power cut may lose or
+	// corrupt the spool. For benchmarks and bulk test fixtures only; never
+	// set it in production.
+	UnsafeNoSync bool
 }

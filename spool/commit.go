@@ -1,0 +1,299 @@
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// maxBatch bounds how many waiting operations one transaction carries, so
+// that one commit's latency stays bounded under any load.
+const maxBatch = 1024
+
+// request is one operation waiting for the committer. apply runs inside a
+// write transaction and must have no side effects outside it: it may run
+// more than once (see runBatch), and anything to do after the commit goes
+// into the txn's effects. Results for the caller are assigned (not
+// appended) by apply, so a second run overwrites the first.
+type request struct {
+	apply func(t *txn) error
+	// enqueue marks a new message from outside, refused when space is low.
+	enqueue bool
+	done    chan error
+}
+
+func newRequest(enqueue bool, apply func(t *txn) error) *request {
+	return &request{apply: apply, enqueue: enqueue, done: make(chan error, 1)}
+}
+
+// submit hands r to the committer and waits for its answer. Once handed
+// over, the operation runs to the end whatever the caller's context says:
+// its outcome must be known.
+func (s *Spool) submit(r *request) error {
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return ErrClosed
+	}
+	s.reqs <- r
+	s.mu.RUnlock()
+	return <-r.done
+}
+
+// commitLoop is the committer: the one goroutine that writes. It takes
+// whatever operations are waiting (group commit: no timer, the batch is
+// what queued while the previous commit was being fsynced), applies them in
+// one transaction, fsyncs once and answers each caller.
+func (s *Spool) commitLoop() {
+	defer close(s.done)
+	// Reading a damaged page must become an error, not a crash.
+	debug.SetPanicOnFault(true)
+	batch := make([]*request, 0, maxBatch)
+	for r := range s.reqs {
+		batch = append(batch[:0], r)
+	drain:
+		for len(batch) < maxBatch {
+			select {
+			case r, ok := <-s.reqs:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		s.runBatch(batch)
+		clear(batch)
+	}
+}
+
+// runBatch commits batch in one transaction. An operation that fails
+// cleanly (before changing anything) gets its error and the others still
+// commit; one that fails after changing something spoils the transaction,
+// so the batch is rolled back and each operation is run alone.
+func (s *Spool) runBatch(batch []*request) {
+	lowSpace := false
+	for _, r := range batch {
+		if r.enqueue {
+			lowSpace = s.lowSpace()
+			break
+		}
+	}
+	start := time.Now()
+	t, errs, err := s.tryBatch(batch, lowSpace)
+	var abort abortError
+	if errors.As(err, &abort) && len(batch) > 1 {
+		s.log.Warn("spool batch rolled back, committing its operations one by one", "err", err)
+		for _, r := range batch {
+			s.runBatch([]*request{r})
+		}
+		return
+	}
+	s.obs.Committed(Commit{Ops: len(batch), Synced: err == nil && t.dirty, Duration: time.Since(start), Err: err})
+	if err != nil {
+		if errors.As(err, &abort) {
+			err = abort.err
+		}
+		s.log.Error("spool commit", "err", err)
+		for _, r := range batch {
+			r.done <- err
+		}
+		return
+	}
+	s.afterCommit(t)
+	for i, r := range batch {
+		r.done <- errs[i]
+	}
+}
+
+// abortError is an operation's failure that spoils the transaction.
+type abortError struct{ err error }
+
+func (e abortError) Error() string { return e.err.Error() }
+func (e abortError) Unwrap() error { return e.err }
+
+// tryBatch applies batch in one transaction and commits it. errs holds
+// each operation's clean error; err is what stopped the whole batch.
+func (s *Spool) tryBatch(batch []*request, lowSpace bool) (t *txn, errs []error, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = abortError{corrupt("applying operations: %v", r)}
+			if t != nil && t.tx != nil {
+				_ = t.tx.Rollback() // the panic is the error to report
+			}
+		}
+	}()
+	tx, err := s.db.Begin(true)
+	if err != nil {
+		return nil, nil, ioError("begin transaction", err)
+	}
+	b, err := buckets(tx)
+	if err != nil {
+		_ = tx.Rollback() // reporting the damage
+		return nil, nil, err
+	}
+	t = newTxn(s, tx, b)
+	errs = make([]error, len(batch))
+	for i, r := range batch {
+		if r.enqueue && lowSpace {
+			errs[i] = fmt.Errorf("%w: free space below %d bytes", ErrNoSpace, s.opts.MinFreeBytes)
+			continue
+		}
+		e := r.apply(t)
+		var ce cleanError
+		if e != nil && !errors.As(e, &ce) {
+			_ = tx.Rollback() // the operation's error is the one to report
+			return nil, nil, abortError{e}
+		}
+		errs[i] = e
+	}
+	if err := t.finish(); err != nil {
+		_ = tx.Rollback() // the finishing error is the one to report
+		return nil, nil, abortError{err}
+	}
+	if !t.dirty {
+		return t, errs, tx.Rollback()
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, nil, ioError("commit", err)
+	}
+	return t, errs, nil
+}
+
+// afterCommit carries out what the committed transaction left to do:
+// claims taken and ended, body files of retired messages, the due kick.
+func (s *Spool) afterCommit(t *txn) {
+	if len(t.claims) > 0 || len(t.unclaims) > 0 {
+		s.claimMu.Lock()
+		for _, k := range t.unclaims {
+			delete(s.claimed, k)
+		}
+		for k := range t.claims {
+			s.claimed[k] = struct{}{}
+		}
+		s.claimMu.Unlock()
+	}
+	for _, id := range t.removeFiles {
+		if err := os.Remove(s.bodyPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			// Open removes it as an orphan next time.
+			s.log.Warn("remove body file of retired message", "msg_id", id, "err", err)
+		}
+	}
+	for _, k := range t.stale {
+		s.log.Info("result for a recipient that is final or gone, ignored", "msg_id", k.id, "rcpt", k.rcpt)
+	}
+	if t.dueNow && s.opts.OnDue != nil {
+		s.opts.OnDue()
+	}
+}
+
+// txn is one write transaction of the committer, with the counter changes
+// and after-commit effects its operations collect.
+type txn struct {
+	bk
+	s   *Spool
+	tx  *bolt.Tx
+	now time.Time
+
+	delta  [numCounters]int64
+	domain map[string]*[3]int64 // pending, deferred, held changes by domain
+	dirty  bool                 // something was written
+
+	claims      map[rkey]struct{} // claimed in this transaction
+	unclaims    []rkey            // claims that end when it commits
+	removeFiles []string          // body files of messages it retired
+	dueNow      bool              // it made a recipient due now
+	stale       []rkey            // results it ignored, logged after the commit
+}
+
+func newTxn(s *Spool, tx *bolt.Tx, b bk) *txn {
+	return &txn{bk: b, s: s, tx: tx, now: s.now(), domain: make(map[string]*[3]int64), claims: make(map[rkey]struct{})}
+}
+
+// put and del write through the txn so it knows it is dirty; their errors
+// spoil the transaction.
+func (t *txn) put(b *bolt.Bucket, k, v []byte) error {
+	t.dirty = true
+	if err := b.Put(k, v); err != nil {
+		return abortError{ioError("put", err)}
+	}
+	return nil
+}
+
+func (t *txn) del(b *bolt.Bucket, k []byte) error {
+	t.dirty = true
+	if err := b.Delete(k); err != nil {
+		return abortError{ioError("delete", err)}
+	}
+	return nil
+}
+
+// counter is a counter's value in this transaction.
+func (t *txn) counter(c counter) (int64, error) {
+	v, err := getUint64(t.counters.Get(c.key()))
+	return v + t.delta[c], err
+}
+
+// finish writes the counter changes and keeps the retired records in
+// their bounds.
+func (t *txn) finish() error {
+	if err := t.pruneRetired(); err != nil {
+		return err
+	}
+	for c := counter(0); c < numCounters; c++ {
+		if t.delta[c] == 0 {
+			continue
+		}
+		v, err := getUint64(t.counters.Get(c.key()))
+		if err != nil {
+			return err
+		}
+		if err := t.put(t.counters, c.key(), putUint64(v+t.delta[c])); err != nil {
+			return err
+		}
+	}
+	for d, delta := range t.domain {
+		if *delta == ([3]int64{}) {
+			continue
+		}
+		if err := t.addDomain(d, delta); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addDomain adds delta to a domain's counter record.
+func (t *txn) addDomain(d string, delta *[3]int64) error {
+	var c [3]int64
+	if v := t.domains.Get([]byte(d)); v != nil {
+		var err error
+		if c, err = decodeDomainCount(v); err != nil {
+			return err
+		}
+	}
+	for i := range c {
+		c[i] += delta[i]
+	}
+	if c == ([3]int64{}) {
+		return t.del(t.domains, []byte(d))
+	}
+	return t.put(t.domains, []byte(d), encodeDomainCount(c))
+}
+
+// isClaimed reports whether a claim on k is outstanding or taken in this
+// transaction.
+func (t *txn) isClaimed(k rkey) bool {
+	if _, ok := t.claims[k]; ok {
+		return true
+	}
+	t.s.claimMu.Lock()
+	_, ok := t.s.claimed[k]
+	t.s.claimMu.Unlock()
+	return ok
+}

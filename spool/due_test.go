@@ -1,0 +1,148 @@
+package spool
+
+import (
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestClaim(t *testing.T) {
+	clk := newClock()
+	s, _ := openSpool(t, Options{Now: clk.Now})
+	now := clk.Now()
+	var ids []string
+	for range 3 {
+		ids = append(ids, enqueue(t, s, envelope("a@o.test", "b@d.example"), nil))
+		clk.Advance(time.Second)
+	}
+	now = clk.Now()
+	lease := func(Task) time.Time { return now.Add(10 * time.Minute) }
+
+	t.Run("oldest first, up to the limit", func(t *testing.T) {
+		tasks, err := s.Claim(t.Context(), now, 2, lease)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := sortedIDs(tasks); !slices.Equal(got, ids[:2]) {
+			t.Fatalf("claimed %v, want %v", got, ids[:2])
+		}
+		if tasks[0].Domain != "d.example" || tasks[0].Attempts != 0 || tasks[0].Rcpt != 0 {
+			t.Errorf("task %+v", tasks[0])
+		}
+		if r := message(t, s, ids[0]).Envelope.Recipients[0]; !r.NextAttempt.Equal(now.Add(10 * time.Minute)) {
+			t.Errorf("claimed recipient due at %v, want the lease %v", r.NextAttempt, now.Add(10*time.Minute))
+		}
+	})
+	t.Run("a claimed recipient is not claimed again", func(t *testing.T) {
+		tasks := claimAll(t, s, now.Add(time.Hour), time.Hour)
+		if got := sortedIDs(tasks); !slices.Equal(got, ids[2:]) {
+			t.Fatalf("claimed %v, want only %v", got, ids[2:])
+		}
+		if tasks := claimAll(t, s, now.Add(2*time.Hour), time.Hour); len(tasks) != 0 {
+			t.Fatalf("claimed %d already claimed recipients", len(tasks))
+		}
+	})
+	t.Run("unclaimed is due again at its lease", func(t *testing.T) {
+		s.Unclaim([]Task{{ID: ids[0], Rcpt: 0}})
+		if tasks := claimAll(t, s, now.Add(time.Minute), time.Hour); len(tasks) != 0 {
+			t.Fatalf("claimed %d before the lease ended", len(tasks))
+		}
+		tasks := claimAll(t, s, now.Add(10*time.Minute), time.Hour)
+		if got := sortedIDs(tasks); !slices.Equal(got, ids[:1]) {
+			t.Fatalf("claimed %v at the lease, want %v", got, ids[:1])
+		}
+	})
+	verifyNow(t, s)
+}
+
+func TestClaimNothingDueCommitsNothing(t *testing.T) {
+	clk := newClock()
+	obs := &countingObserver{}
+	s, _ := openSpool(t, Options{Now: clk.Now, Observer: obs})
+	enqueue(t, s, envelope("a@o.test", "b@d.example"), nil)
+	before := obs.synced()
+	if tasks := claimAll(t, s, clk.Now().Add(-time.Second), time.Hour); len(tasks) != 0 {
+		t.Fatalf("claimed %d recipients not yet due", len(tasks))
+	}
+	if obs.synced() != before {
+		t.Errorf("a Claim that found nothing committed a transaction")
+	}
+}
+
+func TestLeaseSurvivesRestart(t *testing.T) {
+	clk := newClock()
+	dir := t.TempDir()
+	s := openIn(t, dir, Options{Now: clk.Now})
+	id := enqueue(t, s, envelope("a@o.test", "b@d.example", "c@e.example"), nil)
+	now := clk.Now()
+	if tasks := claimAll(t, s, now, 10*time.Minute); len(tasks) != 2 {
+		t.Fatalf("claimed %d, want 2", len(tasks))
+	}
+	// A crash here: the attempt never reports.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openIn(t, dir, Options{Now: clk.Now})
+	if tasks := claimAll(t, s, now.Add(time.Minute), time.Hour); len(tasks) != 0 {
+		t.Fatalf("after a restart, claimed %d recipients before their lease ended (hot retry)", len(tasks))
+	}
+	next, ok, err := s.NextDue()
+	if err != nil || !ok || !next.Equal(now.Add(10*time.Minute)) {
+		t.Errorf("NextDue after restart = %v, %v, %v; want the lease %v", next, ok, err, now.Add(10*time.Minute))
+	}
+	tasks := claimAll(t, s, now.Add(10*time.Minute), time.Hour)
+	if len(tasks) != 2 || tasks[0].ID != id {
+		t.Fatalf("at the lease, claimed %+v, want both recipients of %s", tasks, id)
+	}
+}
+
+func TestNextDue(t *testing.T) {
+	clk := newClock()
+	s, _ := openSpool(t, Options{Now: clk.Now})
+	if _, ok, err := s.NextDue(); err != nil || ok {
+		t.Fatalf("NextDue of an empty spool: ok %v, err %v", ok, err)
+	}
+	now := clk.Now()
+	id := enqueue(t, s, envelope("a@o.test", "b@d.example"), nil)
+	if next, ok, err := s.NextDue(); err != nil || !ok || !next.Equal(now) {
+		t.Fatalf("NextDue after Enqueue = %v, %v, %v; want %v", next, ok, err, now)
+	}
+	tasks := claimAll(t, s, now, 5*time.Minute)
+	if _, ok, err := s.NextDue(); err != nil || ok {
+		t.Fatalf("NextDue with everything claimed: ok %v, err %v", ok, err)
+	}
+	s.Unclaim(tasks)
+	if next, ok, _ := s.NextDue(); !ok || !next.Equal(now.Add(5*time.Minute)) {
+		t.Fatalf("NextDue after Unclaim = %v, %v; want the lease", next, ok)
+	}
+	claimAll(t, s, now.Add(5*time.Minute), time.Minute)
+	record(t, s, result(id, 0, Deferred, now, now.Add(time.Hour)))
+	if next, ok, _ := s.NextDue(); !ok || !next.Equal(now.Add(time.Hour)) {
+		t.Fatalf("NextDue after a deferral = %v, %v; want %v", next, ok, now.Add(time.Hour))
+	}
+}
+
+// countingObserver counts committed transactions.
+type countingObserver struct {
+	mu      sync.Mutex
+	commits []Commit
+}
+
+func (o *countingObserver) Committed(c Commit) {
+	o.mu.Lock()
+	o.commits = append(o.commits, c)
+	o.mu.Unlock()
+}
+
+func (o *countingObserver) synced() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n := 0
+	for _, c := range o.commits {
+		if c.Synced {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,149 @@
+package spool
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// spoolWith makes a closed spool in a new directory holding n messages.
+func spoolWith(t *testing.T, n int) (dir string, ids []string) {
+	t.Helper()
+	dir = t.TempDir()
+	s, err := Open(dir, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		ids = append(ids, enqueue(t, s, envelope("a@o.test", "b@d.example"), bodyOf("x", 3000)))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return dir, ids
+}
+
+// rawUpdate changes the spool file under the spool's feet.
+func rawUpdate(t *testing.T, dir string, fn func(tx *bolt.Tx) error) {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(dir, dbName), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(fn); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		damage func(t *testing.T, dir string)
+		want   error
+	}{
+		{"garbage file", func(t *testing.T, dir string) {
+			writeFile(t, filepath.Join(dir, dbName), bodyOf("garbage", 64<<10))
+		}, ErrCorrupt},
+		{"file shorter than a page", func(t *testing.T, dir string) {
+			writeFile(t, filepath.Join(dir, dbName), []byte("short"))
+		}, ErrCorrupt},
+		{"truncated file", func(t *testing.T, dir string) {
+			// Cut the file inside the pages its meta page counts.
+			var used int64
+			rawUpdate(t, dir, func(tx *bolt.Tx) error { used = tx.Size(); return nil })
+			if err := os.Truncate(filepath.Join(dir, dbName), used/2); err != nil {
+				t.Fatal(err)
+			}
+		}, ErrCorrupt},
+		{"unknown schema version", func(t *testing.T, dir string) {
+			rawUpdate(t, dir, func(tx *bolt.Tx) error {
+				return tx.Bucket([]byte(bucketMeta)).Put([]byte(keyVersion), encodeVersion(99))
+			})
+		}, ErrVersion},
+		{"bucket missing", func(t *testing.T, dir string) {
+			rawUpdate(t, dir, func(tx *bolt.Tx) error { return tx.DeleteBucket([]byte(bucketDue)) })
+		}, ErrCorrupt},
+		{"foreign bbolt file", func(t *testing.T, dir string) {
+			rawUpdate(t, dir, func(tx *bolt.Tx) error { return tx.DeleteBucket([]byte(bucketMeta)) })
+		}, ErrCorrupt},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, _ := spoolWith(t, 50)
+			tc.damage(t, dir)
+			s, err := Open(dir, Options{Logger: testLogger(t)})
+			if err == nil {
+				_ = s.Close() // the test has failed already
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Open: %v, want %v", err, tc.want)
+			}
+			if _, err := Check(dir); !errors.Is(err, tc.want) {
+				t.Errorf("Check: %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestOpenLocked(t *testing.T) {
+	s, dir := openSpool(t, Options{})
+	_ = s
+	if _, err := Open(dir, Options{}); !errors.Is(err, ErrLocked) {
+		t.Errorf("second Open: %v, want ErrLocked", err)
+	}
+	if _, err := Check(dir); !errors.Is(err, ErrLocked) {
+		t.Errorf("Check of a spool in use: %v, want ErrLocked", err)
+	}
+}
+
+func TestCorruptRecord(t *testing.T) {
+	dir, ids := spoolWith(t, 3)
+	rawUpdate(t, dir, func(tx *bolt.Tx) error {
+		if err := tx.Bucket([]byte(bucketMsgs)).Put([]byte(ids[0]), []byte{recordFormat, 0xff, 0xff}); err != nil {
+			return err
+		}
+		return tx.Bucket([]byte(bucketRcpts)).Put(rcptKey(ids[1], 0), []byte{7})
+	})
+	s, err := Open(dir, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer func() { _ = s.Close() }()
+	for _, id := range ids[:2] {
+		if _, err := s.Message(id); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("Message(%s) with a damaged record: %v, want ErrCorrupt", id, err)
+		}
+	}
+	if _, err := s.Message(ids[2]); err != nil {
+		t.Errorf("Message of an intact record: %v", err)
+	}
+	if _, err := s.Claim(t.Context(), farFuture, 10, func(Task) time.Time { return farFuture }); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("Claim over a damaged state: %v, want ErrCorrupt", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Check(dir)
+	if err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	if len(rep.Problems) < 2 {
+		t.Errorf("Check found %v, want both damaged records", rep.Problems)
+	}
+}
+
+// farFuture is after every time the tests use.
+var farFuture = time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func writeFile(t *testing.T, path string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

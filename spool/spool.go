@@ -1,0 +1,284 @@
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Names inside the spool directory.
+const (
+	dbName   = "spool.db"
+	bodyDir  = "bodies"
+	lockWait = time.Second // how long Open waits for another holder of the file
+)
+
+// maxRecipients is the most recipients one message may have: a
+// recipient's index is 2 bytes in keys.
+const maxRecipients = math.MaxUint16
+
+// Spool is the durable queue. Only the daemon opens it.
+type Spool struct {
+	dir     string
+	bodyDir string
+	db      *bolt.DB
+	opts    Options
+	log     *slog.Logger
+	obs     Observer
+
+	// mu guards closed and sends on reqs: submitters hold it shared, Close
+	// exclusively, so nobody sends on a closed channel.
+	mu     sync.RWMutex
+	closed bool
+	reqs   chan *request
+	done   chan struct{} // closed when the committer has exited
+
+	// claimMu guards claimed: the recipients handed out by Claim whose
+	// result is not recorded yet. Only the committer adds to it.
+	claimMu sync.Mutex
+	claimed map[rkey]struct{}
+}
+
+// rkey names one recipient of one message.
+type rkey struct {
+	id   string
+	rcpt int
+}
+
+// withDefaults fills the zero fields of o.
+func withDefaults(o Options) Options {
+	def := func(v *int64, d int64) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defInt := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&o.MaxMessageBytes, 50<<20)
+	def(&o.MinFreeBytes, 100<<20)
+	defInt(&o.InlineBodyBytes, 64<<10)
+	defInt(&o.MaxAttemptLog, 20)
+	defInt(&o.RetiredMaxCount, 100_000)
+	defInt(&o.BounceBodyBytes, 64<<10)
+	if o.RetiredMaxAge <= 0 {
+		o.RetiredMaxAge = 7 * 24 * time.Hour
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Observer == nil {
+		o.Observer = nopObserver{}
+	}
+	return o
+}
+
+// boltOptions are the bbolt settings: the hash-map freelist (fast to
+// allocate from in a large file), the freelist kept in the file (so that
+// reopening a large spool does not walk every page to rebuild it), a
+// bounded wait for the file lock, and fsync on every commit unless
+// UnsafeNoSync.
+func boltOptions(noSync, readOnly bool) *bolt.Options {
+	return &bolt.Options{
+		Timeout:         lockWait,
+		FreelistType:    bolt.FreelistMapType,
+		NoSync:          noSync,
+		ReadOnly:        readOnly,
+		InitialMmapSize: 256 << 20,
+	}
+}
+
+// Open opens (creating if needed) the spool in dir: dir/spool.db and the
+// body files under dir/bodies. It removes body files no envelope refers to.
+func Open(dir string, opts Options) (*Spool, error) {
+	s := &Spool{
+		dir:     dir,
+		bodyDir: filepath.Join(dir, bodyDir),
+		opts:    withDefaults(opts),
+		claimed: make(map[rkey]struct{}),
+		reqs:    make(chan *request, 256),
+		done:    make(chan struct{}),
+	}
+	s.log, s.obs = s.opts.Logger, s.opts.Observer
+	if err := makeDirs(dir, s.bodyDir); err != nil {
+		return nil, err
+	}
+	db, err := openDB(filepath.Join(dir, dbName), opts.UnsafeNoSync, false)
+	if err != nil {
+		return nil, err
+	}
+	s.db = db
+	if err := s.start(); err != nil {
+		_ = db.Close() // the open error is the one to report
+		return nil, err
+	}
+	go s.commitLoop()
+	return s, nil
+}
+
+// start checks the schema (creating it in a new file) and removes orphan
+// body files.
+func (s *Spool) start() error {
+	if err := initSchema(s.db); err != nil {
+		return err
+	}
+	return s.removeOrphans()
+}
+
+// makeDirs creates the spool directory and its body directory, fsyncing
+// the parents of any it made so the entries survive a crash.
+func makeDirs(dir, bodies string) error {
+	for _, d := range []string{dir, bodies} {
+		if _, err := os.Stat(d); err == nil {
+			continue
+		}
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return ioError("create spool directory", err)
+		}
+		if err := syncDir(filepath.Dir(d)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// openDB opens the bbolt file and checks it is whole: bbolt validates the
+// meta pages, and a file shorter than the meta page says was truncated.
+func openDB(path string, noSync, readOnly bool) (db *bolt.DB, err error) {
+	defer catchFault(&err)
+	db, err = bolt.Open(path, 0o600, boltOptions(noSync, readOnly))
+	if err != nil {
+		return nil, openError(path, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		_ = db.Close() // reporting the stat error
+		return nil, ioError("stat spool file", err)
+	}
+	var size int64
+	if err := db.View(func(tx *bolt.Tx) error { size = tx.Size(); return nil }); err != nil {
+		_ = db.Close() // reporting the view error
+		return nil, openError(path, err)
+	}
+	if size > fi.Size() {
+		_ = db.Close() // reporting the truncation
+		return nil, corrupt("%s is truncated: %d bytes, its pages need %d", path, fi.Size(), size)
+	}
+	return db, nil
+}
+
+// initSchema creates the buckets and version of a new file, or checks an
+// existing file's version and buckets.
+func initSchema(db *bolt.DB) (err error) {
+	defer catchFault(&err)
+	return db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket([]byte(bucketMeta))
+		if meta == nil {
+			empty := true
+			_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+			if !empty {
+				return corrupt("bucket %q missing", bucketMeta)
+			}
+			return createSchema(tx)
+		}
+		v, err := decodeVersion(meta.Get([]byte(keyVersion)))
+		if err != nil {
+			return err
+		}
+		if v != schemaVersion {
+			return fmt.Errorf("%w: file has %d, this binary knows %d", ErrVersion, v, schemaVersion)
+		}
+		_, err = buckets(tx)
+		return err
+	})
+}
+
+func createSchema(tx *bolt.Tx) error {
+	for _, name := range allBuckets() {
+		if _, err := tx.CreateBucket([]byte(name)); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	return tx.Bucket([]byte(bucketMeta)).Put([]byte(keyVersion), encodeVersion(schemaVersion))
+}
+
+// catchFault turns a panic or memory fault while reading a damaged file
+// into ErrCorrupt. bbolt reads the file through a memory map and panics on
+// pages it cannot make sense of; this is the one place those are caught.
+func catchFault(err *error) {
+	if r := recover(); r != nil {
+		*err = corrupt("reading the spool file: %v", r)
+	}
+}
+
+// view runs fn in a read transaction, turning faults into ErrCorrupt.
+func (s *Spool) view(fn func(tx *bolt.Tx, b bk) error) (err error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer catchFault(&err)
+	return s.db.View(func(tx *bolt.Tx) error {
+		b, err := buckets(tx)
+		if err != nil {
+			return err
+		}
+		return fn(tx, b)
+	})
+}
+
+// Close stops the committer after the waiting commits and closes the file.
+// Calls after the first return nil.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.reqs)
+	s.mu.Unlock()
+	<-s.done
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("close spool file: %w", err)
+	}
+	return nil
+}
+
+// now is the spool's clock.
+func (s *Spool) now() time.Time { return s.opts.Now() }
+
+// syncDir fsyncs a directory so that entries made in it survive a crash.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return ioError("open directory", err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil && !errors.Is(err, os.ErrInvalid) {
+		return ioError("sync directory "+dir, err)
+	}
+	return nil
+}
+
+// closeQuietly closes c when its error cannot matter (a read-only file).
+func closeQuietly(c io.Closer) { _ = c.Close() } // read-only: nothing to lose
