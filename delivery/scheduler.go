@@ -198,17 +198,25 @@ func (e *Scheduler) claim() bool {
 	for k, d := range e.dests {
 		held[k] = d.queuedTasks + d.runningTasks
 	}
-	// lease runs inside Claim, before it returns: it only touches held and
-	// over, which nothing else reads until Claim has returned.
+	// lease runs inside Claim's commit, which may run it again for the same
+	// tasks: each task's decision is made once and remembered, and nothing
+	// outside reads held or over until Claim has returned.
 	over := make(map[spool.Task]bool)
+	leases := make(map[spool.Task]time.Time)
 	lease := func(t spool.Task) time.Time {
-		key := e.routes.destKey(t.Domain)
-		if held[key] >= e.cfg.DestinationEntries {
-			over[t] = true
-			return now.Add(min(e.cfg.Backoff.Min, time.Minute))
+		if at, ok := leases[t]; ok {
+			return at
 		}
-		held[key]++
-		return now.Add(e.cfg.Backoff.delay(t.Attempts + 1))
+		key := e.routes.destKey(t.Domain)
+		at := now.Add(e.cfg.Backoff.delay(t.Attempts + 1))
+		if held[key] >= e.cfg.DestinationEntries {
+			over[t] = true // given back at once, due again shortly
+			at = now.Add(min(e.cfg.Backoff.Min, time.Minute))
+		} else {
+			held[key]++
+		}
+		leases[t] = at
+		return at
 	}
 	tasks, err := e.cfg.Spool.Claim(e.hard, now, limit, lease)
 	if err != nil {
