@@ -121,9 +121,9 @@ func newWorld(t testing.TB, s setup) *world {
 		Spool: w.sp, Resolver: res, Hostname: ourHost, Port: w.port,
 		Timeouts: delivery.Timeouts{Connect: 5 * time.Second, Greeting: 5 * time.Second, Command: 5 * time.Second,
 			StartTLS: 5 * time.Second, DataInit: 5 * time.Second, DataBlock: 5 * time.Second, FinalDot: 5 * time.Second},
-		Backoff: delivery.Backoff{Jitter: func() float64 { return 0.5 }},
-		Now:     w.clock.now,
-		Logger: slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Backoff:  delivery.Backoff{Jitter: func() float64 { return 0.5 }},
+		Now:      w.clock.now,
+		Logger:   slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Observer: w.obs,
 	}
 	if s.cfg != nil {

@@ -197,7 +197,8 @@ func (h *Host) Port() string {
 	return p
 }
 
-// SetBehaviour changes the script for connections accepted from now on.
+// SetBehaviour changes the script: replies to MAIL, RCPT and DATA follow it
+// at once, even on open connections; the rest applies to new connections.
 // Refuse, Cert, ImplicitTLS and the advertised extensions stay as the host
 // started.
 func (h *Host) SetBehaviour(b Behaviour) error {

@@ -129,7 +129,7 @@ func (s *session) stuck() error {
 }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
-	b := s.c.b
+	b := s.h().behaviour() // the script as it is now: a test or the lab may change it
 	if b.Auth != nil && !s.authed {
 		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
 	}
@@ -161,7 +161,7 @@ func (s *session) record(f func(t *Transaction)) {
 }
 
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
-	b := s.c.b
+	b := s.h().behaviour() // the script as it is now: a test or the lab may change it
 	if b.Hang == HangRcpt {
 		return s.stuck()
 	}
@@ -198,7 +198,7 @@ func lookupFold(m map[string]Reply, k string) (Reply, bool) {
 }
 
 func (s *session) Data(r io.Reader) error {
-	b := s.c.b
+	b := s.h().behaviour() // the script as it is now: a test or the lab may change it
 	if b.StopReadingAfter > 0 {
 		n, _ := io.CopyN(io.Discard, r, b.StopReadingAfter)
 		s.record(func(t *Transaction) { t.Size = int(n) })
