@@ -32,7 +32,8 @@ const (
 // (each block must go within the timeout).
 type deadlineConn struct {
 	net.Conn
-	stop func() bool // unregisters the context's close
+	stop    func() bool // unregisters the context's close
+	onClose func()      // called once, however the connection is closed
 
 	mu     sync.Mutex
 	phase  string
@@ -159,6 +160,9 @@ func (c *deadlineConn) shut() bool {
 	}
 	c.stop()
 	_ = c.Conn.Close() // nothing to do about a failed close
+	if c.onClose != nil {
+		c.onClose()
+	}
 	return true
 }
 

@@ -79,6 +79,7 @@ func (e *Scheduler) open(ctx context.Context, t target) (*session, *AttemptError
 	}
 	e.connOpened()
 	s := &session{t: t, dc: newDeadlineConn(ctx, raw), tls: "none", born: time.Now()}
+	s.dc.onClose = e.connClosed
 	var nc net.Conn = s.dc
 	if t.implicit {
 		s.dc.setPhase(phaseStartTLS, e.cfg.Timeouts.StartTLS)
@@ -267,9 +268,7 @@ func (e *Scheduler) quit(s *session) {
 }
 
 func (e *Scheduler) closeSession(s *session) {
-	if s.dc.shut() {
-		e.connClosed()
-	}
+	s.dc.shut()
 }
 
 func (e *Scheduler) dial(ctx context.Context, network, addr string) (net.Conn, error) {

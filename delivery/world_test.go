@@ -82,6 +82,7 @@ type world struct {
 	logs  *syncBuffer
 	obs   *observer
 	cfg   delivery.Config
+	kick  *atomic.Pointer[delivery.Scheduler] // where the spool's OnDue goes
 }
 
 type setup struct {
@@ -104,7 +105,8 @@ func newWorld(t testing.TB, s setup) *world {
 	if err != nil {
 		t.Fatalf("resolver: %v", err)
 	}
-	var sched atomic.Pointer[delivery.Scheduler]
+	w.kick = &atomic.Pointer[delivery.Scheduler]{}
+	sched := w.kick
 	w.sp, err = spool.Open(t.TempDir(), spool.Options{
 		Now:    w.clock.now,
 		Bounce: delivery.Bouncer(delivery.DSNConfig{Hostname: ourHost, Now: w.clock.now}),
@@ -150,6 +152,22 @@ func newWorld(t testing.TB, s setup) *world {
 	if !s.noStart {
 		w.start()
 	}
+	return w
+}
+
+// replace stops the scheduler and starts a new one on the same spool.
+func (w *world) replace(cfg delivery.Config) *world {
+	w.t.Helper()
+	if err := w.sched.Shutdown(context.Background()); err != nil {
+		w.t.Fatalf("shutdown: %v", err)
+	}
+	s, err := delivery.New(cfg)
+	if err != nil {
+		w.t.Fatalf("delivery.New: %v", err)
+	}
+	w.sched, w.cfg = s, cfg
+	w.kick.Store(s)
+	w.start()
 	return w
 }
 
@@ -264,3 +282,8 @@ mx2.example.test. 300 IN A 127.0.0.3
 `
 
 const body7 = "From: a@sender.test\r\nTo: b@example.test\r\nSubject: hello\r\nMessage-ID: <1@sender.test>\r\n\r\nHello there.\r\n"
+
+const oneMXZone = `
+example.test. 300 IN MX 10 mx1.example.test.
+mx1.example.test. 300 IN A 127.0.0.2
+`
