@@ -57,6 +57,7 @@ var errUsage = &exitError{code: exitUsage}
 
 func commands() []command {
 	return []command{
+		{"bench", "measure the daemon under load (or generate load, or sink it)", runBench},
 		{"check-config", "validate a config file", runCheckConfig},
 		{"dkim", "make a DKIM signing key and its DNS record", runDKIM},
 		{"queue", "list and manage the queue (through the daemon)", runQueue},
