@@ -27,10 +27,11 @@ type routeOptions struct {
 	allowPrivate bool
 	hostname     string
 	timeout      time.Duration
+	config       string
 }
 
 func runRoute(ctx context.Context, args []string, stdio Stdio) error {
-	fs := newFlagSet("route", "DOMAIN [--json] [--server ADDR:PORT]... [--allow-private] [--hostname NAME]", stdio)
+	fs := newFlagSet("route", "DOMAIN [--json] [--server ADDR:PORT]... [--allow-private] [--hostname NAME] [--config FILE]", stdio)
 	var o routeOptions
 	fs.BoolVar(&o.json, "json", false, "print the route as JSON")
 	fs.Func("server", "ask this DNS server (ip or ip:port; repeat for several) instead of those in "+resolvConf,
@@ -38,6 +39,7 @@ func runRoute(ctx context.Context, args []string, stdio Stdio) error {
 	fs.BoolVar(&o.allowPrivate, "allow-private", false, "allow loopback and private addresses (lab zones)")
 	fs.StringVar(&o.hostname, "hostname", "", "our host name, so that an MX naming us counts as self")
 	fs.DurationVar(&o.timeout, "timeout", 2*time.Second, "timeout of one DNS exchange")
+	fs.StringVar(&o.config, "config", "", "take dns servers and timeout, hostname and allow_private_mx from this config file (flags win)")
 	pos, done, err := parseInterspersed(fs, args, stdio)
 	if done {
 		return err
@@ -45,6 +47,11 @@ func runRoute(ctx context.Context, args []string, stdio Stdio) error {
 	if len(pos) != 1 {
 		fs.Usage()
 		return errUsage
+	}
+	if o.config != "" {
+		if err := o.applyConfig(fs); err != nil {
+			return exitf(exitConfig, "%v", err)
+		}
 	}
 	if len(o.servers) == 0 {
 		if o.servers, err = systemServers(resolvConf); err != nil {
@@ -70,6 +77,30 @@ func runRoute(ctx context.Context, args []string, stdio Stdio) error {
 		return exitf(exitFailure, "write: %v", err)
 	}
 	return routeExit(re)
+}
+
+// applyConfig takes the daemon's resolver settings from o.config for every
+// flag not given, so that `mta route` sees what the daemon would.
+func (o *routeOptions) applyConfig(fs *flag.FlagSet) error {
+	c, err := LoadConfig(o.config)
+	if err != nil {
+		return err
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if !given["server"] {
+		o.servers = c.DNS.Servers
+	}
+	if !given["timeout"] && c.DNS.Timeout > 0 {
+		o.timeout = time.Duration(c.DNS.Timeout)
+	}
+	if !given["hostname"] {
+		o.hostname = c.Hostname
+	}
+	if !given["allow-private"] {
+		o.allowPrivate = c.Delivery.AllowPrivateMX
+	}
+	return nil
 }
 
 // routeExit turns a route error into the exit status a script branches on:

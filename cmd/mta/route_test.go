@@ -169,3 +169,38 @@ func TestSystemServers(t *testing.T) {
 		t.Error("a missing resolv.conf was accepted")
 	}
 }
+
+// TestRouteCommandConfig checks that --config brings the daemon's DNS
+// servers, host name and allow_private_mx, and that flags win over it.
+func TestRouteCommandConfig(t *testing.T) {
+	d := testpeer.NewDNS(t, routeCmdZone)
+	path := filepath.Join(t.TempDir(), "mta.yaml")
+	writeFile(t, path, "hostname: mx2.plain.test\ndns:\n  servers: [\""+d.Addr()+"\"]\n  timeout: 1s\ndelivery:\n  allow_private_mx: true\n")
+	cases := []struct {
+		name   string
+		args   []string
+		status int
+		stdout []string
+	}{
+		{"servers_and_allow_private", []string{"lab.test", "--config", path}, exitOK, []string{"1. mx.lab.test pref 10 127.0.0.2"}},
+		{"hostname_is_self", []string{"plain.test", "--config", path}, exitOK, []string{"1. mx1.plain.test", "dropped:", "mx2.plain.test pref 20 self: our host name"}},
+		{"flag_wins", []string{"lab.test", "--config", path, "--allow-private=false"}, exitNoHost, []string{"prohibited: loopback"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out, status, stderr := routeCmd(t, tc.args...)
+			if status != tc.status {
+				t.Fatalf("exit %d, want %d\n%s%s", status, tc.status, out, stderr)
+			}
+			flat := strings.Join(strings.Fields(out), " ")
+			for _, want := range tc.stdout {
+				if !strings.Contains(flat, want) {
+					t.Errorf("stdout lacks %q:\n%s", want, out)
+				}
+			}
+		})
+	}
+	if _, status, _ := routeCmd(t, "plain.test", "--config", filepath.Join(t.TempDir(), "missing.yaml")); status != exitConfig {
+		t.Errorf("missing config: exit %d, want %d", status, exitConfig)
+	}
+}

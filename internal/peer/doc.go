@@ -4,6 +4,12 @@
 // testing package (internal/testpeer wraps them for tests).
 //
 // This file's neighbours:
+//   - dns.go, dnszone.go: DNS, an authoritative DNS server for a zone given
+//     as master-file text, UDP and TCP on one port, answering like an
+//     authoritative server (NXDOMAIN vs NODATA with the SOA, CNAMEs
+//     chased inside the zone), with per-name switches (SERVFAIL, silence,
+//     truncation over UDP, NXDOMAIN, NODATA, CNAME only), Hold for tests,
+//     and a bounded log of the queries received.
 //   - mailbox.go: Mailbox, the messages a lab host received, safe for
 //     concurrent use; UIDs are unique and never reused.
 //   - pop3.go, pop3_session.go: POP3Server, which serves mailboxes over
