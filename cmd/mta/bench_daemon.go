@@ -42,6 +42,14 @@ type daemonOptions struct {
 	StateDir   string
 	ProfileDir string // set profileDirEnv
 	LogLevel   string // default info
+	// Submission adds submission listeners (587-style STARTTLS and
+	// 465-style implicit TLS) on free loopback ports.
+	Submission bool
+	// Extra is YAML appended to the config: top-level keys the config
+	// does not set otherwise (users_file, aliases, ...).
+	Extra string
+	// Env is added to the daemon's environment.
+	Env []string
 }
 
 // daemon is a running child daemon. SMTP and Metrics stay fixed across
@@ -53,6 +61,8 @@ type daemon struct {
 	Metrics string // metrics listener
 	Admin   string // admin socket path
 	LogPath string
+	// Submission and Submissions are set with daemonOptions.Submission.
+	Submission, Submissions string
 
 	cmd    *exec.Cmd
 	log    *os.File
@@ -68,7 +78,7 @@ func newDaemon(opts daemonOptions) (*daemon, error) {
 	if opts.LogLevel == "" {
 		opts.LogLevel = "info"
 	}
-	ports, err := freePorts(2)
+	ports, err := freePorts(4)
 	if err != nil {
 		return nil, err
 	}
@@ -78,6 +88,10 @@ func newDaemon(opts daemonOptions) (*daemon, error) {
 		Metrics: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1])),
 		Admin:   filepath.Join(opts.Dir, "run", adminSocket),
 		LogPath: filepath.Join(opts.Dir, "daemon.log"),
+	}
+	if opts.Submission {
+		d.Submission = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2]))
+		d.Submissions = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[3]))
 	}
 	for _, dir := range []string{opts.StateDir, filepath.Join(opts.Dir, "run")} {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -96,7 +110,7 @@ func (d *daemon) configText() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "hostname: mta.%s\nstate_dir: %q\nruntime_dir: %q\n", benchZone, o.StateDir, filepath.Join(o.Dir, "run"))
 	fmt.Fprintf(&b, "trusted_networks: [127.0.0.0/8]\n")
-	fmt.Fprintf(&b, "listeners:\n  relay: [%q]\n  submission: []\n  submissions: []\n", d.SMTP)
+	fmt.Fprintf(&b, "listeners:\n  relay: [%q]\n  submission: [%s]\n  submissions: [%s]\n", d.SMTP, quoted(d.Submission), quoted(d.Submissions))
 	fmt.Fprintf(&b, "limits:\n  conns_per_ip: 1000\n  conns_total: 2000\n")
 	fmt.Fprintf(&b, "delivery:\n  allow_private_mx: true\n  port: %d\n", o.SinkPort)
 	if o.RetryMin > 0 {
@@ -107,7 +121,16 @@ func (d *daemon) configText() string {
 		fmt.Fprintf(&b, "spool:\n  min_free_bytes: %d\n", o.MinFreeBytes)
 	}
 	fmt.Fprintf(&b, "metrics:\n  address: %q\nlog:\n  format: text\n  level: %s\n", d.Metrics, o.LogLevel)
+	b.WriteString(o.Extra)
 	return b.String()
+}
+
+// quoted is s as a YAML string, or nothing when s is empty.
+func quoted(s string) string {
+	if s == "" {
+		return ""
+	}
+	return strconv.Quote(s)
 }
 
 // freePorts finds n free TCP ports on 127.0.0.1. Another process may take
@@ -140,7 +163,7 @@ func (d *daemon) Start(ctx context.Context) error {
 	}
 	cmd := exec.Command(d.opts.Bin, "serve", "--config", d.Config)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), d.opts.Env...)
 	if d.opts.ProfileDir != "" {
 		cmd.Env = append(cmd.Env, profileDirEnv+"="+d.opts.ProfileDir)
 	}
@@ -295,6 +318,16 @@ func procStatus(pid int, key string) (int64, error) {
 
 // scrapeMetric reads one unlabelled sample from a Prometheus text page.
 func scrapeMetric(ctx context.Context, addr, name string) (float64, error) {
+	return scrape(ctx, addr, name, "", false)
+}
+
+// scrapeSum adds up the samples of a labelled metric whose labels contain
+// label (`result="deferred"`); none is a sum of 0.
+func scrapeSum(ctx context.Context, addr, name, label string) (float64, error) {
+	return scrape(ctx, addr, name, label, true)
+}
+
+func scrape(ctx context.Context, addr, name, label string, sum bool) (float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
@@ -308,13 +341,34 @@ func scrapeMetric(ctx context.Context, addr, name string) (float64, error) {
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	total := 0.0
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		line := sc.Text()
+		if !sum {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				return strconv.ParseFloat(strings.TrimSpace(v), 64)
+			}
+			continue
 		}
+		labels, ok := strings.CutPrefix(line, name+"{")
+		if !ok {
+			continue
+		}
+		end := strings.LastIndexByte(labels, '}')
+		if end < 0 || !strings.Contains(labels[:end], label) {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(labels[end+1:]), 64)
+		if err != nil {
+			return 0, fmt.Errorf("metric %s: %w", name, err)
+		}
+		total += v
 	}
 	if err := sc.Err(); err != nil {
 		return 0, err
+	}
+	if sum {
+		return total, nil
 	}
 	return 0, fmt.Errorf("metric %s not found", name)
 }

@@ -41,7 +41,7 @@ type genOptions struct {
 type genResult struct {
 	Tried     int
 	Accepted  int
-	Replies   map[string]int // refusals by reply code ("451", "452", ...)
+	Replies   map[string]int // refusals by reply code and enhanced code ("452 4.3.1")
 	Errors    int            // messages lost to a connection error
 	FirstErr  string
 	Start     time.Time
@@ -139,7 +139,7 @@ func (g *generator) connection(ctx context.Context, seq int, r *genResult) error
 	}
 	for i := 0; ; i++ {
 		r.Tried++
-		code, err := g.transaction(c, seq)
+		code, text, err := g.transaction(c, seq)
 		switch {
 		case err != nil:
 			return err
@@ -149,7 +149,7 @@ func (g *generator) connection(ctx context.Context, seq int, r *genResult) error
 			r.Latencies = append(r.Latencies, now.Sub(start))
 			g.led.accept(seq, now)
 		default:
-			r.Replies[strconv.Itoa(code)]++
+			r.Replies[text]++
 			if code == 421 {
 				return nil
 			}
@@ -167,40 +167,42 @@ func (g *generator) connection(ctx context.Context, seq int, r *genResult) error
 	return nil
 }
 
-// transaction sends message seq and returns the final reply code: 250 or
-// the refusal of MAIL, RCPT (when no recipient was taken), DATA or the dot.
-func (g *generator) transaction(c *genConn, seq int) (int, error) {
-	if code, err := c.commandCode("MAIL FROM:<" + g.opts.From + ">"); err != nil || code != 250 {
-		return code, err
+// transaction sends message seq and returns the final reply, code and
+// text ("452 4.3.1"): 250 or the refusal of MAIL, RCPT (when no recipient
+// was taken), DATA or the dot.
+func (g *generator) transaction(c *genConn, seq int) (int, string, error) {
+	if code, text, err := c.commandReply("MAIL FROM:<" + g.opts.From + ">"); err != nil || code != 250 {
+		return code, text, err
 	}
 	rcpts := g.rcpts(seq)
 	took := 0
 	var lastCode int
+	var lastText string
 	for _, a := range rcpts {
-		code, err := c.commandCode("RCPT TO:<" + a + ">")
+		code, text, err := c.commandReply("RCPT TO:<" + a + ">")
 		if err != nil {
-			return 0, err
+			return 0, "", err
 		}
-		lastCode = code
+		lastCode, lastText = code, text
 		if code == 250 || code == 251 {
 			took++
 		}
 	}
 	if took == 0 {
 		_, err := c.commandCode("RSET")
-		return lastCode, err
+		return lastCode, lastText, err
 	}
-	if code, err := c.commandCode("DATA"); err != nil || code != 354 {
-		return code, err
+	if code, text, err := c.commandReply("DATA"); err != nil || code != 354 {
+		return code, text, err
 	}
 	c.deadline()
 	if err := g.writeMessage(c.wr, seq, rcpts); err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	if err := c.wr.Flush(); err != nil {
-		return 0, err
+		return 0, "", err
 	}
-	return c.readCode()
+	return c.readReply()
 }
 
 // rcpts are message seq's recipient addresses: r<k>@<domain>, the domains
@@ -252,13 +254,18 @@ type genConn struct {
 func (c *genConn) deadline() { _ = c.nc.SetDeadline(time.Now().Add(c.timeout)) }
 
 func (c *genConn) commandCode(line string) (int, error) {
+	code, _, err := c.commandReply(line)
+	return code, err
+}
+
+func (c *genConn) commandReply(line string) (int, string, error) {
 	c.deadline()
 	_, _ = c.wr.WriteString(line) // a write error shows at Flush
 	_, _ = c.wr.WriteString("\r\n")
 	if err := c.wr.Flush(); err != nil {
-		return 0, err
+		return 0, "", err
 	}
-	return c.readCode()
+	return c.readReply()
 }
 
 func (c *genConn) command(want int, line string) error {
@@ -282,20 +289,31 @@ var errBadReply = errors.New("malformed reply")
 
 // readCode reads one reply, multi-line or not, and returns its code.
 func (c *genConn) readCode() (int, error) {
+	code, _, err := c.readReply()
+	return code, err
+}
+
+// readReply reads one reply and returns its code and "code x.y.z" with the
+// enhanced code of its last line, when it has one.
+func (c *genConn) readReply() (int, string, error) {
 	for {
 		line, err := c.rd.ReadSlice('\n')
 		if err != nil {
-			return 0, err
+			return 0, "", err
 		}
 		if len(line) < 4 {
-			return 0, errBadReply
+			return 0, "", errBadReply
 		}
 		code, err := strconv.Atoi(string(line[:3]))
 		if err != nil {
-			return 0, errBadReply
+			return 0, "", errBadReply
 		}
 		if line[3] != '-' {
-			return code, nil
+			text := string(line[:3])
+			if f := strings.Fields(string(line[4:])); len(f) > 0 && strings.Count(f[0], ".") == 2 {
+				text += " " + f[0]
+			}
+			return code, text, nil
 		}
 	}
 }

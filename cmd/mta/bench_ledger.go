@@ -16,6 +16,7 @@ type ledger struct {
 	epoch time.Time // offsets below are nanoseconds since epoch, plus 1
 
 	accepted []atomic.Int64 // per seq: when the 250 to the final dot arrived
+	nAccept  atomic.Int64   // messages accepted so far
 	arrived  []atomic.Int64 // per slot: first arrival at a sink
 
 	arrivals atomic.Int64 // every recipient arrival, duplicates included
@@ -43,9 +44,14 @@ func (l *ledger) at(off int64) time.Time {
 // accept records the 250 for message seq.
 func (l *ledger) accept(seq int, t time.Time) {
 	if seq >= 0 && seq < len(l.accepted) {
-		l.accepted[seq].CompareAndSwap(0, l.offset(t))
+		if l.accepted[seq].CompareAndSwap(0, l.offset(t)) {
+			l.nAccept.Add(1)
+		}
 	}
 }
+
+// Accepted is how many messages have had their 250.
+func (l *ledger) Accepted() int { return int(l.nAccept.Load()) }
 
 // arrive records that recipient k of message seq reached a sink at t. A
 // tag of another run or an unknown slot counts as foreign.

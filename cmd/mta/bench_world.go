@@ -28,6 +28,9 @@ type worldOptions struct {
 	Delay   time.Duration // before each sink reply
 	Port    int           // sink port (0 picks one)
 	Arrive  func(tag string, seq, k int, t time.Time)
+	// Zone is added to the bench zone (absolute names), e.g. an MX that
+	// points at another peer on the sink port.
+	Zone string
 }
 
 // world is the DNS server and the sinks.
@@ -58,7 +61,7 @@ func startWorld(opts worldOptions) (*world, error) {
 		s.Close()
 		return nil, err
 	}
-	d, err := peer.NewDNS(peer.DNSOptions{Zone: w.zone()})
+	d, err := peer.NewDNS(peer.DNSOptions{Zone: w.zone() + opts.Zone})
 	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("bench DNS: %w", err)
