@@ -26,13 +26,13 @@ func TestKill9NothingLost(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kill -9 rounds take a while; not in -short")
 	}
-	const rounds, perRound, sessions = 12, 120, 4
+	const rounds, perRound, sessions = 15, 150, 4
 	r := newRig(t, rigOptions{Messages: rounds * perRound, Domains: 3,
 		Daemon: daemonOptions{RetryMin: time.Second, RetryMax: 2 * time.Second}})
 	rng := seededRand(t)
 	for round := range rounds {
 		r.start()
-		acceptedBefore, arrivedBefore := r.led.Accepted(), r.led.Distinct()
+		acceptedBefore := r.led.Accepted()
 		opts := r.gen(round*perRound, perRound, sessions)
 		opts.StopOnError = true
 		ctx, cancel := context.WithCancel(t.Context())
@@ -44,11 +44,13 @@ func TestKill9NothingLost(t *testing.T) {
 			moment = "after " + strconv.Itoa(k) + " accepts"
 			r.waitFor(moment, time.Minute, func() bool { return r.led.Accepted()-acceptedBefore >= k || len(done) > 0 })
 		default:
+			// The load of the round is over; the kill lands among deliveries.
 			j := k - perRound
-			moment = "while delivering, after " + strconv.Itoa(j) + " arrivals"
-			r.waitFor(moment, time.Minute, func() bool {
-				return r.led.Distinct()-arrivedBefore >= j || r.led.Distinct() >= r.led.Accepted()*r.led.rcpts
-			})
+			moment = "while delivering, after the load and " + strconv.Itoa(j) + " more arrivals"
+			g := <-done
+			done <- g
+			base := r.led.Distinct()
+			r.waitFor(moment, time.Minute, func() bool { return r.led.Distinct()-base >= j || r.led.Distinct() >= r.led.Accepted()*r.led.rcpts })
 		}
 		if err := r.d.Kill(); err != nil {
 			t.Fatal(err)
