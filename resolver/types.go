@@ -102,6 +102,12 @@ type Exchange struct {
 	Duration time.Duration // zero when Cached
 	Cached   bool
 	Err      string // transport error, if any
+	// Truncated is set when the reply had the TC bit; a truncated UDP
+	// reply is followed by the same query over TCP.
+	Truncated bool
+	// Omitted counts answer records left out of Answer (at most 32 are
+	// kept, so a hostile answer cannot bloat a trace).
+	Omitted int
 }
 
 // Record is one resource record of an answer.
@@ -121,6 +127,9 @@ type Error struct {
 	Reason    string // human text, e.g. "domain does not exist (NXDOMAIN)"
 	Err       error  // the sentinel below, for errors.Is
 	Trace     []Exchange
+	// Dropped are the hosts left out and why, when the error is about
+	// hosts (5.4.4, 4.4.4, 5.4.6), in MX order.
+	Dropped []Host
 }
 
 func (e *Error) Error() string {
@@ -142,6 +151,9 @@ const (
 	ErrNoHost        = errorString("no usable mail host")              // 5.4.4 or 4.4.4
 	ErrCNAMELoop     = errorString("CNAME chain loops or is too long")
 	ErrDNS           = errorString("DNS lookup failed") // 4.4.3: SERVFAIL, timeout
+	// ErrNoData is from LookupPTR and LookupAddrs: the name exists but has
+	// no records of the type asked.
+	ErrNoData = errorString("no records of the requested type")
 )
 
 type errorString string

@@ -1,0 +1,531 @@
+package resolver_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"mta/internal/peer"
+	"mta/internal/testpeer"
+	"mta/resolver"
+)
+
+// clock is a Config.Now that tests move by hand.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// newResolver is resolver.New for tests; in a test (not a benchmark) the
+// Debug line of every exchange goes to the test's output.
+func newResolver(t testing.TB, cfg resolver.Config) *resolver.Resolver {
+	t.Helper()
+	if tt, ok := t.(*testing.T); ok && cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(tt.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	r, err := resolver.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestRouteSpread checks that hosts of equal preference are shuffled
+// evenly, and that a worse preference never comes first.
+func TestRouteSpread(t *testing.T) {
+	d := testpeer.NewDNS(t, `$ORIGIN spread.test.
+@ 300 IN MX 10 a
+@ 300 IN MX 10 b
+@ 300 IN MX 10 c
+@ 300 IN MX 20 z
+a 300 IN A 192.0.2.1
+b 300 IN A 192.0.2.2
+c 300 IN A 192.0.2.3
+z 300 IN A 192.0.2.4
+`)
+	r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}})
+	const n = 3000
+	first := map[string]int{}
+	for range n {
+		rt, err := r.Route(t.Context(), "spread.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rt.Hosts) != 4 || rt.Hosts[3].Name != "z.spread.test" {
+			t.Fatalf("hosts %q: want the three pref-10 hosts then z", hostLines(rt.Hosts))
+		}
+		first[rt.Hosts[0].Name]++
+	}
+	// Each of the three should come first n/3 = 1000 times; the standard
+	// deviation is about 26, so 800..1200 fails only if the shuffle is
+	// biased.
+	for _, h := range []string{"a.spread.test", "b.spread.test", "c.spread.test"} {
+		if c := first[h]; c < 800 || c > 1200 {
+			t.Errorf("%s first %d times out of %d, want about %d (%v)", h, c, n, n/3, first)
+		}
+	}
+}
+
+// TestRouteShuffleSeam checks that Config.Shuffle decides the order of
+// equal preferences: a seeded source gives the same order every time.
+func TestRouteShuffleSeam(t *testing.T) {
+	d := testpeer.NewDNS(t, `$ORIGIN seam.test.
+@ 300 IN MX 10 a
+@ 300 IN MX 10 b
+@ 300 IN MX 10 c
+a 300 IN A 192.0.2.1
+b 300 IN A 192.0.2.2
+c 300 IN A 192.0.2.3
+`)
+	order := func() []string {
+		rng := rand.New(rand.NewPCG(1, 2))
+		r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}, Shuffle: rng.Shuffle})
+		rt, err := r.Route(t.Context(), "seam.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return hostLines(rt.Hosts)
+	}
+	if a, b := order(), order(); !slices.Equal(a, b) {
+		t.Errorf("same seed, different orders: %q and %q", a, b)
+	}
+	noShuffle := newResolver(t, resolver.Config{Servers: []string{d.Addr()}, Shuffle: func(int, func(i, j int)) {}})
+	rt, err := noShuffle.Route(t.Context(), "seam.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rt.Hosts[0].Name; got != "a.seam.test" {
+		t.Errorf("without shuffling the first host is %s, want the server's first", got)
+	}
+}
+
+const cacheZone = `$ORIGIN cache.test.
+@          60 IN SOA ns hostmaster 1 3600 600 86400 30
+pos       300 IN MX 10 mx
+mx        100 IN A 192.0.2.1
+mx        100 IN AAAA 2001:db8::1
+nodata    300 IN A 192.0.2.2
+servfail  300 IN MX 10 mx
+`
+
+// TestRouteCache checks that answers are reused for their TTL (the
+// smallest of the records used), with their age shown in the trace, and
+// asked again when it ends.
+func TestRouteCache(t *testing.T) {
+	d := testpeer.NewDNS(t, cacheZone)
+	clk := newClock()
+	r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}, Now: clk.Now})
+	route := func() *resolver.Route {
+		t.Helper()
+		rt, err := r.Route(t.Context(), "pos.cache.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rt
+	}
+	route()
+	clk.Advance(40 * time.Second)
+	rt := route()
+	for _, ex := range rt.Trace {
+		if !ex.Cached || ex.Server != "" {
+			t.Errorf("second route: %s %s not from cache", ex.Type, ex.Name)
+		}
+	}
+	if got := rt.Trace[0].Answer[0].TTL; got != 260 {
+		t.Errorf("cached MX TTL shown as %d, want 300-40 = 260", got)
+	}
+	if got := d.Count("pos.cache.test", "MX") + d.Count("mx.cache.test", "A"); got != 2 {
+		t.Errorf("server saw %d MX+A queries after two routes, want 2", got)
+	}
+	clk.Advance(60 * time.Second) // 100 s: the address records expire
+	route()
+	if got, want := d.Count("mx.cache.test", "A"), 2; got != want {
+		t.Errorf("A queries after 100 s = %d, want %d", got, want)
+	}
+	if got := d.Count("pos.cache.test", "MX"); got != 1 {
+		t.Errorf("MX queries after 100 s = %d, want 1 (TTL 300)", got)
+	}
+}
+
+// TestRouteCacheMaxTTL checks that Config.MaxTTL caps a long TTL.
+func TestRouteCacheMaxTTL(t *testing.T) {
+	d := testpeer.NewDNS(t, cacheZone)
+	clk := newClock()
+	r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}, Now: clk.Now, MaxTTL: 10 * time.Second})
+	for _, step := range []time.Duration{0, 9 * time.Second, time.Second} {
+		clk.Advance(step)
+		if _, err := r.Route(t.Context(), "pos.cache.test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := d.Count("pos.cache.test", "MX"); got != 2 {
+		t.Errorf("MX queries at 0, 9 and 10 s with MaxTTL 10s = %d, want 2", got)
+	}
+}
+
+// TestRouteNegativeCache checks RFC 2308: NXDOMAIN and NODATA are cached
+// for min(SOA TTL, SOA MINIMUM) = 30 s here.
+func TestRouteNegativeCache(t *testing.T) {
+	for name, tc := range map[string]struct{ domain, qtype string }{
+		"NXDOMAIN": {"missing.cache.test", "MX"},
+		"NODATA":   {"nodata.cache.test", "MX"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			d := testpeer.NewDNS(t, cacheZone)
+			clk := newClock()
+			r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}, Now: clk.Now})
+			for _, step := range []time.Duration{0, 29 * time.Second, time.Second} {
+				clk.Advance(step)
+				_, _ = r.Route(t.Context(), tc.domain) // the outcome is TestRoute's business
+			}
+			if got := d.Count(tc.domain, tc.qtype); got != 2 {
+				t.Errorf("%s queries at 0, 29 and 30 s = %d, want 2 (negative TTL 30 s)", tc.qtype, got)
+			}
+		})
+	}
+}
+
+// TestRouteServfailCache checks that SERVFAIL is cached briefly: within
+// a minute the failure is reused, after 5 minutes the server is asked again.
+func TestRouteServfailCache(t *testing.T) {
+	d := testpeer.NewDNS(t, cacheZone)
+	d.Set("servfail.cache.test", peer.ModeServfail)
+	clk := newClock()
+	r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}, Now: clk.Now})
+	check := func(step time.Duration, wantQueries int, wantCached bool) {
+		t.Helper()
+		clk.Advance(step)
+		_, err := r.Route(t.Context(), "servfail.cache.test")
+		var re *resolver.Error
+		if !errors.As(err, &re) || !errors.Is(err, resolver.ErrDNS) || re.Permanent {
+			t.Fatalf("error = %v, want temporary ErrDNS", err)
+		}
+		if got := re.Trace[0].Cached; got != wantCached {
+			t.Errorf("at +%s cached = %v, want %v", step, got, wantCached)
+		}
+		if got := d.Count("servfail.cache.test", "MX"); got != wantQueries {
+			t.Errorf("at +%s the server saw %d queries, want %d", step, got, wantQueries)
+		}
+	}
+	check(0, 1, false)
+	check(30*time.Second, 1, true)
+	check(5*time.Minute, 2, false)
+}
+
+// TestRouteTimeoutNotCached checks that a lookup that got no answer at all
+// is not reused: the next route asks again.
+func TestRouteTimeoutNotCached(t *testing.T) {
+	d := testpeer.NewDNS(t, cacheZone)
+	d.Set("pos.cache.test", peer.ModeSilent)
+	r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}, Timeout: 100 * time.Millisecond})
+	for range 2 {
+		if _, err := r.Route(t.Context(), "pos.cache.test"); !errors.Is(err, resolver.ErrDNS) {
+			t.Fatalf("error = %v, want ErrDNS", err)
+		}
+	}
+	if got := d.Count("pos.cache.test", "MX"); got != 2 {
+		t.Errorf("server saw %d queries, want 2", got)
+	}
+}
+
+// TestRouteSharedLookup checks that concurrent routes to one domain send
+// one query: the answer is held at the server until all have started.
+func TestRouteSharedLookup(t *testing.T) {
+	d := testpeer.NewDNS(t, cacheZone)
+	release := d.Hold("pos.cache.test")
+	r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}})
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Go(func() {
+			_, err := r.Route(t.Context(), "pos.cache.test")
+			errs <- err
+		})
+	}
+	waitFor(t, func() bool { return d.Count("pos.cache.test", "MX") > 0 })
+	release()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("Route: %v", err)
+		}
+	}
+	if got := d.Count("pos.cache.test", "MX"); got != 1 {
+		t.Errorf("%d concurrent routes sent %d MX queries, want 1", n, got)
+	}
+	if got := d.Count("mx.cache.test", "A"); got != 1 {
+		t.Errorf("%d concurrent routes sent %d A queries, want 1", n, got)
+	}
+}
+
+// TestRouteTCPFallback checks that a truncated UDP answer is asked again
+// over TCP, both when the server forces it and when the answer is too big
+// for the 1232-byte EDNS0 buffer.
+func TestRouteTCPFallback(t *testing.T) {
+	var big strings.Builder
+	big.WriteString("$ORIGIN big.test.\n")
+	for i := range 60 {
+		fmt.Fprintf(&big, "@ 300 IN MX 10 a-rather-long-mail-exchanger-name-number-%02d\n", i)
+	}
+	big.WriteString("a-rather-long-mail-exchanger-name-number-00 300 IN A 192.0.2.1\n")
+	d := testpeer.NewDNS(t, cacheZone+big.String())
+	d.Set("pos.cache.test", peer.ModeTruncate)
+	for _, domain := range []string{"pos.cache.test", "big.test"} {
+		t.Run(domain, func(t *testing.T) {
+			r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}})
+			rt, err := r.Route(t.Context(), domain)
+			if err != nil && !errors.Is(err, resolver.ErrNoHost) {
+				t.Fatal(err)
+			}
+			var trace []resolver.Exchange
+			if rt != nil {
+				trace = rt.Trace
+			} else {
+				trace = err.(*resolver.Error).Trace
+			}
+			if len(trace) < 2 || trace[0].Proto != "udp" || !trace[0].Truncated || trace[1].Proto != "tcp" || trace[1].Truncated {
+				t.Fatalf("trace starts %+v, want truncated udp then tcp", trace[:min(2, len(trace))])
+			}
+			if domain == "big.test" && len(trace[1].Answer)+trace[1].Omitted != 60 {
+				t.Errorf("TCP answer has %d+%d records, want 60", len(trace[1].Answer), trace[1].Omitted)
+			}
+			var protos []string
+			for _, q := range d.Queries() {
+				if q.Name == domain+"." && q.Type == "MX" {
+					protos = append(protos, q.Proto)
+				}
+			}
+			if !slices.Equal(protos, []string{"udp", "tcp"}) {
+				t.Errorf("server saw MX over %v, want [udp tcp]", protos)
+			}
+		})
+	}
+	rt, err := newResolver(t, resolver.Config{Servers: []string{d.Addr()}}).Route(t.Context(), "pos.cache.test")
+	if err != nil || len(rt.Hosts) != 1 {
+		t.Fatalf("route after TCP fallback: %v, %v", rt, err)
+	}
+}
+
+// TestRouteNextServer checks that a server that does not answer, or
+// answers SERVFAIL, is followed by the next one.
+func TestRouteNextServer(t *testing.T) {
+	good := testpeer.NewDNSAt(t, "127.0.0.1:0", cacheZone)
+	silent := testpeer.NewDNSAt(t, "127.0.0.2:0", cacheZone)
+	silent.SetAll(peer.ModeSilent)
+	failing := testpeer.NewDNSAt(t, "127.0.0.3:0", cacheZone)
+	failing.SetAll(peer.ModeServfail)
+	for name, first := range map[string]*testpeer.DNS{"dead_first_server": silent, "SERVFAIL_first_server": failing} {
+		t.Run(name, func(t *testing.T) {
+			r := newResolver(t, resolver.Config{Servers: []string{first.Addr(), good.Addr()}, Timeout: 200 * time.Millisecond})
+			rt, err := r.Route(t.Context(), "pos.cache.test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rt.Trace) < 2 || rt.Trace[0].Server != first.Addr() || rt.Trace[1].Server != good.Addr() || rt.Trace[1].Rcode != "NOERROR" {
+				t.Errorf("trace starts %+v, want the first server then %s", rt.Trace[:min(2, len(rt.Trace))], good.Addr())
+			}
+			if rt.Trace[0].Rcode == "NOERROR" {
+				t.Errorf("first server's exchange shows %s", rt.Trace[0].Rcode)
+			}
+		})
+	}
+}
+
+// TestRouteContextBound checks that the caller's context bounds a lookup
+// even when Config.Timeout is long.
+func TestRouteContextBound(t *testing.T) {
+	d := testpeer.NewDNS(t, cacheZone)
+	d.SetAll(peer.ModeSilent)
+	r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}, Timeout: time.Hour})
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	_, err := r.Route(ctx, "pos.cache.test")
+	var re *resolver.Error
+	if !errors.As(err, &re) || !errors.Is(err, resolver.ErrDNS) || re.Permanent {
+		t.Fatalf("error = %v, want temporary ErrDNS", err)
+	}
+}
+
+// TestLookupPTR checks reverse lookups, including an RFC 2317 CNAME.
+func TestLookupPTR(t *testing.T) {
+	d := testpeer.NewDNS(t, `$ORIGIN 2.0.192.in-addr.arpa.
+1 300 IN PTR mx1.plain.test.
+1 300 IN PTR Other.Plain.Test.
+5 300 IN CNAME 5.0-25.2.0.192.in-addr.arpa.
+5.0-25 300 IN PTR classless.test.
+9 300 IN TXT "no PTR"
+`)
+	r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}})
+	cases := []struct {
+		name string
+		ip   string
+		want []string
+		err  error
+	}{
+		{"two_names", "192.0.2.1", []string{"mx1.plain.test", "other.plain.test"}, nil},
+		{"RFC_2317_CNAME", "192.0.2.5", []string{"classless.test"}, nil},
+		{"mapped_address", "::ffff:192.0.2.5", []string{"classless.test"}, nil},
+		{"no_PTR", "192.0.2.9", nil, resolver.ErrNoData},
+		{"NXDOMAIN", "192.0.2.200", nil, resolver.ErrNXDomain},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := r.LookupPTR(t.Context(), netip.MustParseAddr(tc.ip))
+			if !errors.Is(err, tc.err) || !slices.Equal(got, tc.want) {
+				t.Errorf("LookupPTR(%s) = %q, %v; want %q, %v", tc.ip, got, err, tc.want, tc.err)
+			}
+		})
+	}
+}
+
+// TestLookupAddrs checks the daemon's own-name lookup.
+func TestLookupAddrs(t *testing.T) {
+	d := testpeer.NewDNS(t, cacheZone+`
+both.cache.test. 300 IN A 127.0.0.1
+both.cache.test. 300 IN AAAA ::1
+sf.cache.test. 300 IN A 192.0.2.7
+`)
+	d.Set("sf.cache.test", peer.ModeServfail)
+	r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}})
+	cases := []struct {
+		name, host string
+		want       []string
+		err        error
+	}{
+		{"both_families_private_kept", "Both.Cache.Test.", []string{"127.0.0.1", "::1"}, nil},
+		{"no_addresses", "cache.test", nil, resolver.ErrNoData},
+		{"NXDOMAIN", "missing.cache.test", nil, resolver.ErrNXDomain},
+		{"SERVFAIL", "sf.cache.test", nil, resolver.ErrDNS},
+		{"dotless", "localhost", nil, resolver.ErrInvalidDomain},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			addrs, err := r.LookupAddrs(t.Context(), tc.host)
+			var got []string
+			for _, a := range addrs {
+				got = append(got, a.String())
+			}
+			if !errors.Is(err, tc.err) || !slices.Equal(got, tc.want) {
+				t.Errorf("LookupAddrs(%s) = %q, %v; want %q, %v", tc.host, got, err, tc.want, tc.err)
+			}
+		})
+	}
+}
+
+// TestNewConfig checks configuration errors and server forms.
+func TestNewConfig(t *testing.T) {
+	for name, tc := range map[string]struct {
+		cfg resolver.Config
+		ok  bool
+	}{
+		"no_servers":       {resolver.Config{}, false},
+		"bad_server":       {resolver.Config{Servers: []string{"dns.example"}}, false},
+		"negative_timeout": {resolver.Config{Servers: []string{"192.0.2.53"}, Timeout: -1}, false},
+		"ip_only":          {resolver.Config{Servers: []string{"192.0.2.53", "2001:db8::53"}}, true},
+		"ip_and_port":      {resolver.Config{Servers: []string{"192.0.2.53:5353", "[2001:db8::53]:53"}}, true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := resolver.New(tc.cfg); (err == nil) != tc.ok {
+				t.Errorf("New: %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}
+
+// countingObserver counts Observer calls by "qtype result cached".
+type countingObserver struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (o *countingObserver) Lookup(qtype, result string, cached bool, _ time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.n[fmt.Sprintf("%s %s %v", qtype, result, cached)]++
+}
+
+// TestObserver checks that every exchange and cache answer is counted.
+func TestObserver(t *testing.T) {
+	d := testpeer.NewDNS(t, cacheZone)
+	obs := &countingObserver{n: map[string]int{}}
+	r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}, Observer: obs})
+	for range 2 {
+		if _, err := r.Route(t.Context(), "pos.cache.test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _ = r.Route(t.Context(), "missing.cache.test") // NXDOMAIN, counted below
+	want := map[string]int{
+		"MX ok false": 1, "A ok false": 1, "AAAA ok false": 1,
+		"MX ok true": 1, "A ok true": 1, "AAAA ok true": 1,
+		"MX nxdomain false": 1,
+	}
+	if fmt.Sprint(obs.n) != fmt.Sprint(want) {
+		t.Errorf("observer counts %v, want %v", obs.n, want)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 10 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestLogger checks the Debug line of each exchange and cache answer.
+func TestLogger(t *testing.T) {
+	d := testpeer.NewDNS(t, cacheZone)
+	var buf strings.Builder
+	var mu sync.Mutex
+	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return buf.Write(p) })
+	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}, Logger: log, Now: newClock().Now})
+	for range 2 {
+		if _, err := r.Route(t.Context(), "pos.cache.test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, want := range []string{
+		"msg=\"dns exchange\" name=pos.cache.test. type=MX server=" + d.Addr() + " proto=udp rcode=NOERROR answers=1 ttl=300 cached=false",
+		"msg=\"dns exchange\" name=pos.cache.test. type=MX server=\"\" proto=\"\" rcode=NOERROR answers=1 ttl=300 cached=true",
+	} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, buf.String())
+		}
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
