@@ -64,6 +64,7 @@ func commands() []command {
 		{"sendmail", "queue a message from standard input (sendmail-compatible)", runSendmail},
 		{"spool", "check or compact the spool of a stopped daemon", runSpool},
 		{"trace", "print the Received chain of a message as a table of hops", runTrace},
+		{"user", "manage the submission users file (add, passwd, del, list)", runUser},
 		{"version", "print the version", runVersion},
 	}
 }
