@@ -35,7 +35,7 @@ func (s *session) Data(r io.Reader) (err error) {
 		// it announced, so its payload never runs as commands.
 		return s.refuse("data", errBDAT, "BDAT without CHUNKING")
 	}
-	if s.c.handedOff() || !s.tx.Load() || len(s.rcpts) == 0 {
+	if s.c.unusable() || !s.tx.Load() || len(s.rcpts) == 0 {
 		return errBadSequence
 	}
 	defer s.resetTx()
