@@ -22,6 +22,15 @@ type listener struct {
 	// handoff receives the connections that completed STARTTLS; nil when
 	// this listener offers no STARTTLS.
 	handoff *handoffListener
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Close closes the socket once; Shutdown and go-smtp both close it.
+func (l *listener) Close() error {
+	l.closeOnce.Do(func() { l.closeErr = l.Listener.Close() })
+	return l.closeErr
 }
 
 func (l *listener) Accept() (net.Conn, error) {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/user"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -393,4 +394,33 @@ func TestPanicRecovered(t *testing.T) {
 	}
 	ts.obs.do(func() { ts.obs.panics = 0 }) // expected here; the cleanup check is for the others
 	mustSend(t, ts.dial(Relay, ""), "a@example.test", []string{"b@example.test"}, "Subject: x\r\n\r\nx\r\n")
+}
+
+// TestShutdownRacingServe: Serve returns after a Shutdown that ran before
+// its accept loop started.
+func TestShutdownRacingServe(t *testing.T) {
+	ts := startServer(t)
+	for i := range 20 {
+		srv, err := New(Config{Hostname: testHost, Spool: ts.spool, TLS: ts.srv.tls})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln := mustListen(t)
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(ln, Submission) }()
+		if i%2 == 0 {
+			runtime.Gosched()
+		}
+		if err := srv.Shutdown(context.Background()); err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+		select {
+		case err := <-served:
+			if !errors.Is(err, ErrServerClosed) {
+				t.Fatalf("Serve: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Serve did not return after Shutdown")
+		}
+	}
 }

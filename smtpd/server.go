@@ -49,12 +49,13 @@ type Server struct {
 
 	closing atomic.Bool
 
-	mu       sync.Mutex
-	servers  []*smtp.Server
-	conns    map[*conn]struct{}
-	perIP    map[netip.Addr]int
-	total    int
-	handoffs []*handoffListener
+	mu        sync.Mutex
+	servers   []*smtp.Server
+	listeners []*listener
+	conns     map[*conn]struct{}
+	perIP     map[netip.Addr]int
+	total     int
+	handoffs  []*handoffListener
 }
 
 // New checks cfg and returns a Server.
@@ -178,6 +179,7 @@ func (s *Server) Serve(ln net.Listener, kind Kind) error {
 		return ErrServerClosed
 	}
 	s.servers = append(s.servers, main)
+	s.listeners = append(s.listeners, l)
 	if s.tls != nil && (kind == Relay || kind == Submission) {
 		l.handoff = newHandoffListener(ln.Addr())
 		s.handoffs = append(s.handoffs, l.handoff)
@@ -227,7 +229,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		conns = append(conns, c)
 	}
 	handoffs := s.handoffs
+	listeners := s.listeners
 	s.mu.Unlock()
+	// Closed here too, not only by go-smtp: a Serve that registered but
+	// has not reached go-smtp's accept loop yet must not start one.
+	for _, l := range listeners {
+		_ = l.Close() // errors are go-smtp's to report, from its own Close
+	}
+	for _, h := range handoffs {
+		_ = h.Close() // never fails
+	}
 	for _, c := range conns {
 		c.interruptIfIdle()
 	}
@@ -240,9 +251,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if err := <-errs; err != nil && !errors.Is(err, smtp.ErrServerClosed) && first == nil {
 			first = err
 		}
-	}
-	for _, h := range handoffs {
-		_ = h.Close() // already closed by its server's Shutdown in the usual case
 	}
 	if ctx.Err() != nil {
 		for _, srv := range servers {
