@@ -13,13 +13,18 @@ import (
 	"time"
 )
 
-// syncCounter counts committed transactions for fsyncs per message.
-type syncCounter struct{ commits, ops atomic.Int64 }
+// syncCounter counts committed transactions for fsyncs per message, and
+// their durations.
+type syncCounter struct {
+	commits, ops atomic.Int64
+	durations    latencies
+}
 
 func (o *syncCounter) Committed(c Commit) {
 	if c.Synced {
 		o.commits.Add(1)
 		o.ops.Add(int64(c.Ops))
+		o.durations.add(c.Duration)
 	}
 }
 
@@ -35,14 +40,15 @@ func (l *latencies) add(d time.Duration) {
 	l.mu.Unlock()
 }
 
-func (l *latencies) p99() time.Duration {
+// quantile is the q-th percentile.
+func (l *latencies) quantile(q int) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.d) == 0 {
 		return 0
 	}
 	slices.Sort(l.d)
-	return l.d[len(l.d)*99/100]
+	return l.d[len(l.d)*q/100]
 }
 
 // runWriters runs one enqueue of a size-byte body per b.Loop iteration on
@@ -85,7 +91,9 @@ func runWriters(b *testing.B, s *Spool, obs *syncCounter, writers, size int, lat
 	// bbolt fdatasyncs twice per commit: data pages, then the meta page.
 	b.ReportMetric(float64(2*commits)/float64(n), "fsyncs/msg")
 	b.ReportMetric(float64(n)/float64(max(commits, 1)), "msgs/commit")
-	b.ReportMetric(float64(lat.p99().Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(lat.quantile(50).Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat.quantile(99).Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(obs.durations.quantile(99).Microseconds())/1000, "commit-p99-ms")
 }
 
 // BenchmarkEnqueue is durable enqueue of 2 KiB messages by 1, 20 and 64

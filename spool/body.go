@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -85,7 +86,14 @@ func (w *BodyWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// has8Bit reports whether p has an octet above 127, eight at a time.
 func has8Bit(p []byte) bool {
+	for len(p) >= 8 {
+		if binary.LittleEndian.Uint64(p)&0x8080808080808080 != 0 {
+			return true
+		}
+		p = p[8:]
+	}
 	for _, c := range p {
 		if c >= 0x80 {
 			return true

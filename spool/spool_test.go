@@ -343,3 +343,21 @@ func sortedIDs(tasks []Task) []string {
 	slices.Sort(ids)
 	return ids
 }
+
+func TestHas8Bit(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want bool
+	}{
+		{"", false},
+		{"plain ascii text, longer than eight bytes\r\n", false},
+		{"\x80", true},
+		{"0123456789abcde\xff", true},
+		{"caf\xc3\xa9", true},
+		{"01234567\x7f", false},
+	} {
+		if got := has8Bit([]byte(tc.in)); got != tc.want {
+			t.Errorf("has8Bit(%q) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
