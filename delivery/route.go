@@ -184,3 +184,15 @@ func orderAddrs(addrs []netip.Addr, fam IPFamily) []netip.Addr {
 	}
 	return out
 }
+
+// normalizeKeys returns m with its domain keys normalised; Validate has
+// reported the keys that do not normalise.
+func normalizeKeys[V any](m map[string]V) map[string]V {
+	out := make(map[string]V, len(m))
+	for k, v := range m {
+		if nk, err := mailaddr.NormalizeDomain(k); err == nil {
+			out[nk] = v
+		}
+	}
+	return out
+}

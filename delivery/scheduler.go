@@ -39,9 +39,10 @@ type Scheduler struct {
 	conns    atomic.Int64
 
 	// Owned by the Run goroutine.
-	dests  map[string]*destination
-	active int // claimed recipients held
-	busy   int // attempts running (bounded by MaxConns)
+	dests   map[string]*destination
+	active  int // claimed recipients held
+	busy    int // attempts running (bounded by MaxConns)
+	pending int // goroutines that will report on done
 }
 
 // New checks cfg and returns a scheduler; Run starts it.
@@ -67,6 +68,7 @@ func New(cfg Config) (*Scheduler, error) {
 		dests:    make(map[string]*destination),
 	}
 	e.dsn = e.dsn.withDefaults()
+	e.cfg.TLSPolicies = normalizeKeys(cfg.TLSPolicies)
 	e.pool = newPool(e)
 	for _, r := range e.routes.all() {
 		if r.tls != TLSVerify && r.auth != nil {
@@ -165,23 +167,28 @@ func (e *Scheduler) drain() {
 		d.queue, d.queuedTasks = nil, 0
 		delete(e.dests, key)
 	}
-	for e.busy > 0 {
+	for e.pending > 0 {
 		e.finished(<-e.done)
 	}
 }
 
 // nextWake is how long to sleep: no time when the last claim was full, else
 // until the earliest due recipient (capped, so a clock change is noticed).
+//
+// While the queues are full only a finished attempt (or a kick) wakes it.
 func (e *Scheduler) nextWake(more bool) time.Duration {
-	if more && e.active < e.cfg.ActiveEntries {
-		return 0
-	}
 	wait := time.Minute
-	if t, ok, err := e.cfg.Spool.NextDue(); err == nil && ok {
-		wait = min(wait, max(t.Sub(e.cfg.Now()), time.Millisecond))
+	now := e.cfg.Now()
+	if e.active < e.cfg.ActiveEntries {
+		if more {
+			return 0
+		}
+		if t, ok, err := e.cfg.Spool.NextDue(); err == nil && ok {
+			wait = min(wait, max(t.Sub(now), time.Millisecond))
+		}
 	}
-	if t, ok := e.nextDeadEnd(); ok {
-		wait = min(wait, max(t.Sub(e.cfg.Now()), time.Millisecond))
+	if t, ok := e.nextDeadEnd(now); ok {
+		wait = min(wait, t.Sub(now))
 	}
 	return wait
 }
@@ -250,6 +257,7 @@ type workDone struct {
 }
 
 func (e *Scheduler) finished(w workDone) {
+	e.pending--
 	e.active -= w.tasks
 	d := w.dest
 	d.runningTasks -= w.tasks

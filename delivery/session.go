@@ -195,11 +195,17 @@ func rawCommand(c net.Conn, cmd string) (int, string, error) {
 	if _, err := io.WriteString(c, cmd+"\r\n"); err != nil {
 		return 0, "", err
 	}
+	return readReply(c)
+}
+
+// readReply reads one SMTP reply (RFC 5321 §4.2), single or multi-line,
+// reading r one byte at a time.
+func readReply(r io.Reader) (int, string, error) {
 	var text []string
 	line := make([]byte, 0, 128)
 	one := make([]byte, 1)
-	for {
-		if _, err := c.Read(one); err != nil {
+	for lines := 0; lines < 100; {
+		if _, err := io.ReadFull(r, one); err != nil {
 			return 0, "", err
 		}
 		if one[0] != '\n' {
@@ -209,10 +215,11 @@ func rawCommand(c net.Conn, cmd string) (int, string, error) {
 			line = append(line, one[0])
 			continue
 		}
+		lines++
 		l := strings.TrimRight(string(line), "\r")
 		line = line[:0]
 		code, err := strconv.Atoi(l[:min(3, len(l))])
-		if err != nil || len(l) < 3 {
+		if err != nil || len(l) < 3 || code < 100 || code > 599 || (len(l) > 3 && l[3] != ' ' && l[3] != '-') {
 			return 0, "", fmt.Errorf("malformed reply %q", l)
 		}
 		if len(l) > 4 {
@@ -222,6 +229,7 @@ func rawCommand(c net.Conn, cmd string) (int, string, error) {
 			return code, strings.Join(text, " "), nil
 		}
 	}
+	return 0, "", errors.New("reply has too many lines")
 }
 
 // authenticate logs in with PLAIN or LOGIN, never over plain text. Its

@@ -245,28 +245,6 @@ func (w *world) retry(d time.Duration) {
 	w.sched.Kick()
 }
 
-// dsnsTo returns the DSNs in the spool addressed to rcpt (live or retired).
-func (w *world) dsnsTo(rcpt string) []spool.Message {
-	w.t.Helper()
-	var out []spool.Message
-	after := ""
-	for {
-		page, next, err := w.sp.List(context.Background(), spool.Filter{}, after, 100)
-		if err != nil {
-			w.t.Fatalf("list: %v", err)
-		}
-		for _, m := range page {
-			if m.Envelope.DSN && m.Envelope.Recipients[0].Addr == rcpt {
-				out = append(out, m)
-			}
-		}
-		if next == "" {
-			return out
-		}
-		after = next
-	}
-}
-
 func lastAttempt(r *spool.Recipient) spool.Attempt {
 	if len(r.Attempts) == 0 {
 		return spool.Attempt{}
