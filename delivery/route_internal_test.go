@@ -65,3 +65,24 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestRoutesLookup(t *testing.T) {
+	cfg := &Config{
+		Routes:    map[string]NextHop{"Own.Example": {Hosts: []string{"[10.0.0.5]:25"}}},
+		Relayhost: &Relayhost{NextHop: NextHop{Hosts: []string{"smtp.provider.example:587"}}, Domains: []string{"listed.example"}},
+	}
+	r := newRoutes(cfg)
+	if sr := r.lookup("own.example"); sr == nil || sr.hops[0].addr.String() != "10.0.0.5" || sr.tls != TLSVerify {
+		t.Errorf("own.example route %+v", sr)
+	}
+	if sr := r.lookup("listed.example"); sr == nil || sr.hops[0].name != "smtp.provider.example" || sr.hops[0].port != 587 {
+		t.Errorf("listed.example route %+v", sr)
+	}
+	if sr := r.lookup("other.example"); sr != nil {
+		t.Errorf("other.example goes to %+v, want MX delivery", sr)
+	}
+	cfg.Relayhost.Domains = nil
+	if sr := newRoutes(cfg).lookup("other.example"); sr == nil {
+		t.Errorf("a relayhost without domains should take every domain")
+	}
+}

@@ -170,3 +170,25 @@ func TestDeliverNoAuthWithoutTLS(t *testing.T) {
 		}
 	}
 }
+
+func TestDeliverRouteImplicitTLSOn465(t *testing.T) {
+	c := cert(t, "smtps.test")
+	h, err := peer.Listen("127.0.0.6:465", peer.Behaviour{Cert: &c.TLS, ImplicitTLS: true})
+	if err != nil {
+		t.Skipf("cannot listen on port 465 here: %v", err)
+	}
+	t.Cleanup(func() { _ = h.Close() })
+	w := newWorld(t, setup{zone: "smtps.test. 300 IN A 127.0.0.6\n", noStart: true})
+	cfg := w.cfg
+	cfg.RootCAs = c.Pool()
+	cfg.Routes = map[string]delivery.NextHop{"example.test": {Hosts: []string{"[smtps.test]:465"}}}
+	w = w.replace(cfg)
+	id := w.send("s@sender.test", []string{"x@example.test"}, body7)
+	m := w.waitStates(id, spool.Delivered)
+	if a := lastAttempt(&m.Envelope.Recipients[0]); a.TLS != "TLS1.3 verified" || a.Host != "smtps.test" {
+		t.Errorf("attempt %+v, want verified implicit TLS to smtps.test", a)
+	}
+	if s := h.Sessions()[0]; !s.TLS || s.ServerName != "smtps.test" {
+		t.Errorf("session %+v", s)
+	}
+}
