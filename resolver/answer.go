@@ -22,6 +22,14 @@ type answer struct {
 	rrs   []dns.RR // the CNAME chain from the name and the data at its end
 	soa   *dns.SOA // authority SOA of a negative answer, or nil
 	err   string   // why there is no reply, when rcode < 0
+	// noData is set when rrs ends without records of the type asked
+	// (NODATA, NXDOMAIN, or a chain left for the caller to follow).
+	noData bool
+
+	// recs and omitted are rrs as a trace shows them, made once so that
+	// cache answers do not format records again.
+	recs    []Record
+	omitted int
 }
 
 // Errors of decode: the reply does not belong to our query.
@@ -66,7 +74,9 @@ func reduce(m *dns.Msg, name string, qtype uint16) *answer {
 		a.rrs = append(a.rrs, c)
 	}
 	a.rrs = append(a.rrs, data...)
-	if len(data) == 0 {
+	a.recs, a.omitted = records(a.rrs)
+	a.noData = len(data) == 0
+	if a.noData {
 		for _, rr := range m.Ns {
 			if soa, ok := rr.(*dns.SOA); ok && soa.Hdr.Class == dns.ClassINET {
 				a.soa = soa
@@ -142,26 +152,32 @@ func (a *answer) result() string {
 	return "ok"
 }
 
-// records turns RRs into trace records, at most maxTraceRecords, with each
-// TTL lowered by ageSeconds (for cached answers). It returns how many it
-// left out.
-func records(rrs []dns.RR, ageSeconds uint32) ([]Record, int) {
+// records turns RRs into trace records, at most maxTraceRecords. It
+// returns how many it left out.
+func records(rrs []dns.RR) ([]Record, int) {
 	n := min(len(rrs), maxTraceRecords)
 	out := make([]Record, 0, n)
 	for _, rr := range rrs[:n] {
 		h := rr.Header()
-		ttl := uint32(0)
-		if h.Ttl > ageSeconds {
-			ttl = h.Ttl - ageSeconds
-		}
 		out = append(out, Record{
 			Name: h.Name,
 			Type: dns.TypeToString[h.Rrtype],
-			TTL:  ttl,
+			TTL:  h.Ttl,
 			Data: strings.TrimPrefix(rr.String(), h.String()),
 		})
 	}
 	return out, len(rrs) - n
+}
+
+// aged is recs with each TTL lowered by ageSeconds, as a cache answer
+// shows them.
+func aged(recs []Record, ageSeconds uint32) []Record {
+	out := make([]Record, len(recs))
+	for i, r := range recs {
+		r.TTL -= min(r.TTL, ageSeconds)
+		out[i] = r
+	}
+	return out
 }
 
 // minTTL is the smallest TTL of rrs in seconds (0 for none).

@@ -80,34 +80,32 @@ func (c *cache) len() int {
 	return c.ll.Len()
 }
 
-// ttlFor is how long a may be cached: positive answers for the smallest
-// TTL of the records used (capped by maxTTL); NXDOMAIN and NODATA for
-// min(SOA TTL, SOA MINIMUM) and the chain's TTLs, capped at maxNegativeTTL,
-// and not at all without an SOA (RFC 2308 §5); server failures for
-// failureTTL; no reply at all (timeouts, errors) not at all. Answers with
-// more than maxCachedRecords records are not cached, which bounds memory.
+// ttlFor is how long a may be cached: positive answers (including a CNAME
+// chain left for the caller to follow) for the smallest TTL of the records
+// used, capped by maxTTL; NXDOMAIN and NODATA for min(SOA TTL, SOA
+// MINIMUM) and the chain's TTLs, capped at maxNegativeTTL, and not at all
+// without an SOA (RFC 2308 §5); server failures for failureTTL; no reply
+// at all (timeouts, errors) not at all. Answers with more than
+// maxCachedRecords records are not cached, which bounds memory.
 func ttlFor(a *answer, maxTTL time.Duration) time.Duration {
-	if len(a.rrs) > maxCachedRecords || a.rcode < 0 {
+	switch {
+	case len(a.rrs) > maxCachedRecords || a.rcode < 0:
 		return 0
-	}
-	if a.rcode != dns.RcodeSuccess && a.rcode != dns.RcodeNameError {
+	case a.rcode != dns.RcodeSuccess && a.rcode != dns.RcodeNameError:
 		return failureTTL
-	}
-	// A chain without data is positive: it is cached for its own TTL and
-	// its end is asked for separately.
-	var ttl time.Duration
-	if a.rcode == dns.RcodeNameError || len(a.rrs) == 0 {
+	case a.rcode == dns.RcodeNameError || (a.noData && a.soa != nil):
 		if a.soa == nil {
 			return 0
 		}
-		ttl = min(seconds(a.soa.Hdr.Ttl), seconds(a.soa.Minttl), maxNegativeTTL)
+		ttl := min(seconds(a.soa.Hdr.Ttl), seconds(a.soa.Minttl), maxNegativeTTL, maxTTL)
 		if len(a.rrs) > 0 {
 			ttl = min(ttl, seconds(minTTL(a.rrs)))
 		}
-	} else {
-		ttl = seconds(minTTL(a.rrs))
+		return ttl
+	case len(a.rrs) == 0:
+		return 0 // NODATA without an SOA
 	}
-	return min(ttl, maxTTL)
+	return min(seconds(minTTL(a.rrs)), maxTTL)
 }
 
 func seconds(s uint32) time.Duration { return time.Duration(s) * time.Second }

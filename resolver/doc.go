@@ -12,8 +12,10 @@
 //     "[IPv6:2001:db8::1]", RFC 5321 §4.1.3) routes straight to its address.
 //   - One MX query is made for the domain. A CNAME chain in the answer is
 //     followed; the end of the chain is queried again only when the answer
-//     carries no data for it (an authoritative-only server answers with the
-//     CNAME alone). The recipient domain itself is never rewritten.
+//     carries neither data for it nor an SOA covering it (an
+//     authoritative-only server answers with the CNAME alone; a NODATA
+//     answer, RFC 2308 §2.2, carries the SOA). The recipient domain itself
+//     is never rewritten.
 //   - NXDOMAIN is permanent (5.1.2). A single MX with target "." is a null
 //     MX (RFC 7505): permanent 5.1.10. A "." among real MX records is
 //     ignored. No MX records (NODATA) means the implicit MX: the domain
@@ -23,7 +25,8 @@
 //     shuffled (RFC 5321 §5.1). An MX target that is an IP address or not a
 //     host name is dropped as malformed. At most maxHosts hosts are resolved.
 //   - Each host's A and AAAA records are looked up (a CNAME there is
-//     followed). Addresses that are loopback, unspecified, link-local,
+//     followed; AAAA is not asked when A says NXDOMAIN). A host's addresses
+//     keep the server's order, IPv4 first; delivery picks the family. Addresses that are loopback, unspecified, link-local,
 //     multicast, private (RFC 1918, RFC 4193), shared (RFC 6598) or
 //     otherwise not global unicast are "prohibited" unless
 //     Config.AllowPrivate is set, so that a hostile "MX 10 localhost" cannot
@@ -61,7 +64,9 @@
 // SERVFAIL-like failures for failureTTL (under 5 minutes); timeouts are not
 // cached. The cache holds at most Config.CacheEntries answers of at most
 // maxCachedRecords records each, evicting the least recently used.
-// Concurrent lookups of one (name, type) share one exchange.
+// Concurrent lookups of one (name, type) share one exchange; each of their
+// traces shows that exchange, and only the lookup that made it reports it
+// to the Logger and the Observer.
 //
 // Invariants: every Host in Route.Hosts has at least one address, none of
 // them self, and none prohibited unless AllowPrivate; Route.Trace lists

@@ -149,7 +149,7 @@ func (r *Resolver) exchangeOnce(ctx context.Context, server, proto, name string,
 		ex.Err = a.err
 	} else {
 		a = reduce(m, name, qtype)
-		ex.Answer, ex.Omitted = records(m.Answer, 0)
+		ex.Answer, ex.Omitted = records(m.Answer)
 		truncated = m.Truncated && proto == "udp"
 		ex.Truncated = m.Truncated
 	}

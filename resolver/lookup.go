@@ -30,7 +30,7 @@ type result struct {
 
 // resolve looks up (name, qtype), following CNAMEs: first through the
 // answer itself, then by asking for the end of the chain when the answer
-// stops there without data. Every exchange and cache answer is appended to
+// stops there without data and without an SOA that covers the end. Every exchange and cache answer is appended to
 // tr.
 func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16, tr *[]Exchange) result {
 	cur := strings.ToLower(dns.Fqdn(name))
@@ -62,8 +62,14 @@ func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16, tr *[
 			return result{status: statusOK, records: data}
 		case len(chain) == 0:
 			return result{status: statusNoData}
+		case a.soa != nil && dns.IsSubDomain(a.soa.Hdr.Name, cur):
+			// RFC 2308 §2.2: a NODATA answer for the end of the chain,
+			// from a server that holds the end's zone.
+			return result{status: statusNoData}
 		}
-		// The chain ended without data: ask for its end.
+		// The chain ended without data and without a word on its end (an
+		// authoritative-only server that does not hold the end's zone):
+		// ask for the end.
 	}
 }
 
@@ -73,16 +79,17 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16, tr *[]E
 	key := cacheKey{name: name, qtype: qtype}
 	if a, age, ok := r.cache.get(key, r.cfg.Now()); ok {
 		ex := Exchange{Name: name, Type: dns.TypeToString[qtype], Rcode: rcodeText(a.rcode), Cached: true, Err: a.err}
-		ex.Answer, ex.Omitted = records(a.rrs, uint32(age.Seconds()))
+		ex.Answer, ex.Omitted = aged(a.recs, uint32(age.Seconds())), a.omitted
 		*tr = append(*tr, ex)
 		r.report(ctx, ex, a, 0)
 		return a
 	}
-	a, exs, err := r.flights.do(ctx, r.log, key, func(fctx context.Context) (*answer, []Exchange) {
-		a, exs := r.exchangeAll(fctx, name, qtype)
-		r.cache.put(key, a, r.cfg.Now(), ttlFor(a, r.cfg.MaxTTL))
-		return a, exs
-	})
+	err := ctx.Err() // a caller that has given up starts no exchange
+	var exs []Exchange
+	var a *answer
+	if err == nil {
+		a, exs, err = r.flights.do(ctx, r.log, key, r.fetch(key))
+	}
 	if err != nil {
 		a = &answer{rcode: rcodeError, err: "lookup abandoned: " + err.Error()}
 		if isTimeout(err) {
@@ -93,4 +100,13 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16, tr *[]E
 	}
 	*tr = append(*tr, exs...)
 	return a
+}
+
+// fetch is the flight for key: the exchanges, then the cache.
+func (r *Resolver) fetch(key cacheKey) func(context.Context) (*answer, []Exchange) {
+	return func(ctx context.Context) (*answer, []Exchange) {
+		a, exs := r.exchangeAll(ctx, key.name, key.qtype)
+		r.cache.put(key, a, r.cfg.Now(), ttlFor(a, r.cfg.MaxTTL))
+		return a, exs
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -37,8 +38,13 @@ func (c *clock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
+// newResolver is resolver.New for tests; in a test (not a benchmark) the
+// Debug line of every exchange goes to the test's output.
 func newResolver(t testing.TB, cfg resolver.Config) *resolver.Resolver {
 	t.Helper()
+	if tt, ok := t.(*testing.T); ok && cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(tt.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	r, err := resolver.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -494,3 +500,32 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestLogger checks the Debug line of each exchange and cache answer.
+func TestLogger(t *testing.T) {
+	d := testpeer.NewDNS(t, cacheZone)
+	var buf strings.Builder
+	var mu sync.Mutex
+	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return buf.Write(p) })
+	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}, Logger: log, Now: newClock().Now})
+	for range 2 {
+		if _, err := r.Route(t.Context(), "pos.cache.test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, want := range []string{
+		"msg=\"dns exchange\" name=pos.cache.test. type=MX server=" + d.Addr() + " proto=udp rcode=NOERROR answers=1 ttl=300 cached=false",
+		"msg=\"dns exchange\" name=pos.cache.test. type=MX server=\"\" proto=\"\" rcode=NOERROR answers=1 ttl=300 cached=true",
+	} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, buf.String())
+		}
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 )
@@ -29,10 +30,19 @@ func normalizeDomain(p *idna.Profile, d string) (name string, lit netip.Addr, er
 		return parseLiteral(d)
 	}
 	d = strings.TrimSuffix(d, ".")
-	if d == "" {
-		return "", netip.Addr{}, fmt.Errorf("%w: empty", ErrInvalidDomain)
+	if d == "" || !utf8.ValidString(d) {
+		return "", netip.Addr{}, fmt.Errorf("%w: empty or not UTF-8", ErrInvalidDomain)
 	}
 	a, err := p.ToASCII(d)
+	if err == nil {
+		// The A-label form must itself be valid: this refuses what the
+		// mapping turned into something that does not round-trip.
+		var again string
+		again, err = p.ToASCII(a)
+		if err == nil && again != a {
+			err = errors.New("the A-label form does not round-trip")
+		}
+	}
 	if err != nil {
 		return "", netip.Addr{}, fmt.Errorf("%w: %q: %v", ErrInvalidDomain, d, err)
 	}

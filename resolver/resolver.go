@@ -91,6 +91,9 @@ func newResolver(cfg Config, t transport) (*Resolver, error) {
 	}
 	if cfg.Hostname != "" {
 		r.selfName = hostKey(cfg.Hostname)
+		if n, lit, err := normalizeDomain(r.idna, cfg.Hostname); err == nil && !lit.IsValid() {
+			r.selfName = n // an IDN host name compares in A-label form
+		}
 	}
 	for _, a := range cfg.SelfAddrs {
 		r.self[a.Unmap().WithZone("")] = true

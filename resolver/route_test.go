@@ -43,6 +43,8 @@ alias-implicit     IN CNAME implicit
 alias-nx           IN CNAME nowhere
 loop1              IN CNAME loop2
 loop2              IN CNAME loop1
+ping               IN CNAME pong
+pong               IN CNAME ping
 long0              IN CNAME long1
 long1              IN CNAME long2
 long2              IN CNAME long3
@@ -125,6 +127,8 @@ type routeCase struct {
 func TestRoute(t *testing.T) {
 	d := testpeer.NewDNS(t, routeZone)
 	d.Set("alias-authonly.test", peer.ModeCNAMEOnly)
+	d.Set("ping.test", peer.ModeCNAMEOnly)
+	d.Set("pong.test", peer.ModeCNAMEOnly)
 	d.Set("broken.partial.test", peer.ModeServfail)
 	d.Set("sf.allfail.test", peer.ModeServfail)
 	d.Set("servfail.test", peer.ModeServfail)
@@ -152,9 +156,12 @@ func TestRoute(t *testing.T) {
 			trace: []string{"MX alias.test.", "A mx1.plain.test.", "AAAA mx1.plain.test.", "A mx2.plain.test.", "AAAA mx2.plain.test."}},
 		"CNAME_only_answer_requeried": {domain: "alias-authonly.test", want: plain,
 			trace: []string{"MX alias-authonly.test.", "MX plain.test.", "A mx1.plain.test.", "AAAA mx1.plain.test.", "A mx2.plain.test.", "AAAA mx2.plain.test."}},
-		"CNAME_to_domain_without_MX":         {domain: "alias-implicit.test", implicit: true, want: []string{"alias-implicit.test 0 [192.0.2.10 2001:db8::10]"}},
-		"CNAME_to_NXDOMAIN":                  {domain: "alias-nx.test", err: resolver.ErrNXDomain, code: "5.1.2"},
-		"CNAME_loop_is_temporary":            {domain: "loop1.test", err: resolver.ErrCNAMELoop, code: "4.4.3"},
+		"CNAME_to_domain_without_MX": {domain: "alias-implicit.test", implicit: true, want: []string{"alias-implicit.test 0 [192.0.2.10 2001:db8::10]"},
+			trace: []string{"MX alias-implicit.test.", "A alias-implicit.test.", "AAAA alias-implicit.test."}},
+		"CNAME_to_NXDOMAIN":       {domain: "alias-nx.test", err: resolver.ErrNXDomain, code: "5.1.2"},
+		"CNAME_loop_is_temporary": {domain: "loop1.test", err: resolver.ErrCNAMELoop, code: "4.4.3"},
+		"CNAME_loop_across_answers": {domain: "ping.test", err: resolver.ErrCNAMELoop, code: "4.4.3",
+			trace: []string{"MX ping.test.", "MX pong.test."}},
 		"CNAME_chain_too_long_is_temporary":  {domain: "long0.test", err: resolver.ErrCNAMELoop, code: "4.4.3"},
 		"CNAME_chain_within_bound":           {domain: "short0.test", want: plain},
 		"CNAME_at_MX_target_tolerated":       {domain: "mxcname.test", want: []string{"host.mxcname.test 10 [192.0.2.1]"}},

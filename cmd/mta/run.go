@@ -57,6 +57,13 @@ var errUsage = &exitError{code: exitUsage}
 
 func commands() []command {
 	return []command{
+		{"check-config", "validate a config file", runCheckConfig},
+		{"dkim", "make a DKIM signing key and its DNS record", runDKIM},
+		{"queue", "list and manage the queue (through the daemon)", runQueue},
+		{"route", "show how mail to a domain is routed (MX, addresses, DNS trace)", runRoute},
+		{"sendmail", "queue a message from standard input (sendmail-compatible)", runSendmail},
+		{"spool", "check or compact the spool of a stopped daemon", runSpool},
+		{"trace", "print the Received chain of a message as a table of hops", runTrace},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -1,7 +1,3 @@
-// Package peer holds real network peers for tests, `mta lab` and
-// `mta bench`: an authoritative DNS server serving a zone given as text, and
-// an SMTP host with scripted behaviours. It does not depend on package
-// testing; internal/testpeer wraps these peers for tests.
 package peer
 
 import (

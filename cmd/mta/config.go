@@ -1,0 +1,278 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the daemon's configuration: the YAML file overlaid on
+// Default(). Only cmd/mta knows it; serve.go splits it into the packages'
+// own Config structs.
+type Config struct {
+	Hostname      string            `yaml:"hostname"`
+	MyOrigin      string            `yaml:"myorigin"`
+	StateDir      string            `yaml:"state_dir"`
+	RuntimeDir    string            `yaml:"runtime_dir"`
+	LocalDomains  []string          `yaml:"local_domains"`
+	Aliases       map[string]string `yaml:"aliases"`
+	TrustedNets   []string          `yaml:"trusted_networks"`
+	Listeners     Listeners         `yaml:"listeners"`
+	TLS           TLSFiles          `yaml:"tls"`
+	UsersFile     string            `yaml:"users_file"`
+	SendmailTrust []string          `yaml:"sendmail_trusted_users"`
+	DKIM          []DKIMKey         `yaml:"dkim"`
+	Routes        map[string]Route  `yaml:"routes"`
+	Relayhost     *Relayhost        `yaml:"relayhost"`
+	TLSPolicies   map[string]string `yaml:"tls_policies"`
+	Limits        Limits            `yaml:"limits"`
+	Delivery      DeliveryConfig    `yaml:"delivery"`
+	DNS           DNSConfig         `yaml:"dns"`
+	Spool         SpoolConfig       `yaml:"spool"`
+	Metrics       MetricsConfig     `yaml:"metrics"`
+	Log           LogConfig         `yaml:"log"`
+	Admin         AdminConfig       `yaml:"admin"`
+}
+
+// Listeners are the addresses of each kind of SMTP listener; an empty list
+// turns that kind off.
+type Listeners struct {
+	Relay       []string `yaml:"relay"`
+	Submission  []string `yaml:"submission"`
+	Submissions []string `yaml:"submissions"`
+}
+
+// TLSFiles name the server certificate; with none, a self-signed one is
+// made once in the state directory.
+type TLSFiles struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// DKIMKey signs mail from one sender domain.
+type DKIMKey struct {
+	Domain   string `yaml:"domain"`
+	Selector string `yaml:"selector"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Route overrides the MX lookup for a domain.
+type Route struct {
+	Hosts []string  `yaml:"hosts"` // host:port, tried in order
+	TLS   string    `yaml:"tls"`   // none | opportunistic | require | verify
+	Auth  *AuthCred `yaml:"auth"`
+	// InsecureSkipVerify must be set explicitly to skip certificate checks
+	// on a route whose TLS is verify; the daemon logs it at start.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// Relayhost sends all (or the listed) domains through a smarthost.
+type Relayhost struct {
+	Route   `yaml:",inline"`
+	Domains []string `yaml:"domains"` // empty: every domain
+}
+
+// AuthCred logs in to a relay; the password lives in a file.
+type AuthCred struct {
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+}
+
+// Limits protect the listeners.
+type Limits struct {
+	MaxMessageBytes       int64 `yaml:"max_message_bytes"`
+	MaxRecipients         int   `yaml:"max_recipients"`
+	ConnsPerIP            int   `yaml:"conns_per_ip"`
+	ConnsTotal            int   `yaml:"conns_total"`
+	DataConcurrency       int   `yaml:"data_concurrency"`
+	UserMessagesPerDay    int   `yaml:"user_messages_per_day"`
+	UserRecipientsPerHour int   `yaml:"user_recipients_per_hour"`
+	FromHeaderMustMatch   *bool `yaml:"from_header_must_match"`
+}
+
+// DeliveryConfig tunes the delivery engine.
+type DeliveryConfig struct {
+	MaxConnections     int      `yaml:"max_connections"`
+	PerDestination     int      `yaml:"per_destination"`
+	RetryMin           Duration `yaml:"retry_min"`
+	RetryMax           Duration `yaml:"retry_max"`
+	Lifetime           Duration `yaml:"lifetime"`
+	DelayWarning       Duration `yaml:"delay_warning"`
+	IPFamily           string   `yaml:"ip_family"`
+	SourceAddrs        []string `yaml:"source_addresses"`
+	AllowPrivateMX     bool     `yaml:"allow_private_mx"`
+	Port               int      `yaml:"port"`
+	ProxyAddrs         []string `yaml:"proxy_addresses"`
+	MaxRcptsPerMessage int      `yaml:"max_recipients_per_transaction"`
+}
+
+// DNSConfig names the resolvers; empty means /etc/resolv.conf.
+type DNSConfig struct {
+	Servers []string `yaml:"servers"`
+	Timeout Duration `yaml:"timeout"`
+}
+
+// SpoolConfig bounds the spool.
+type SpoolConfig struct {
+	MinFreeBytes    int64    `yaml:"min_free_bytes"`
+	RetiredMaxAge   Duration `yaml:"retired_max_age"`
+	RetiredMaxCount int      `yaml:"retired_max_count"`
+}
+
+// MetricsConfig places the Prometheus endpoint; "" turns it off.
+type MetricsConfig struct {
+	Address string `yaml:"address"`
+}
+
+// LogConfig picks the log format and level.
+type LogConfig struct {
+	Format string `yaml:"format"` // text | json
+	Level  string `yaml:"level"`  // debug | info | warn | error
+}
+
+// AdminConfig controls who may use the admin socket.
+type AdminConfig struct {
+	Group string `yaml:"group"`
+}
+
+// Duration is a time.Duration written like "30s" or "5d" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML reads a duration, reporting a bad value with its line
+// without stopping the decoding of the rest of the file.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := parseDuration(n.Value)
+	if n.Kind != yaml.ScalarNode || err != nil {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %q is not a duration (e.g. \"30s\", \"5m\", \"4h\", \"5d\")", n.Line, n.Value)}}
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration back in Go syntax.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// parseDuration is time.ParseDuration plus a "d" (day) unit, which queue
+// lifetimes are usually written in.
+func parseDuration(s string) (time.Duration, error) {
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		var days int
+		if _, err := fmt.Sscanf(n, "%d", &days); err != nil || fmt.Sprint(days) != n || days < 0 {
+			return 0, fmt.Errorf("bad duration %q", s)
+		}
+		return time.Duration(days) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err == nil && d < 0 {
+		err = errors.New("negative duration")
+	}
+	return d, err
+}
+
+// LoadConfig reads path and overlays it on Default(). Every problem is
+// reported at once, each with its line (unknown keys, bad values) or key
+// path (Validate).
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseConfig(data, path)
+}
+
+var unknownField = regexp.MustCompile(`^line (\d+): field (\S+) not found in type \S+$`)
+
+// ParseConfig is LoadConfig on bytes; name labels the messages.
+func ParseConfig(data []byte, name string) (*Config, error) {
+	c := Default()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var problems []string
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return nil, fmt.Errorf("%s: %v", name, err)
+		}
+		for _, e := range te.Errors {
+			if m := unknownField.FindStringSubmatch(e); m != nil {
+				e = fmt.Sprintf("line %s: unknown key %q", m[1], m[2])
+			}
+			problems = append(problems, e)
+		}
+	}
+	lines := keyLines(data)
+	for _, p := range c.Validate() {
+		problems = append(problems, withLine(p, lines))
+	}
+	if len(problems) > 0 {
+		return nil, &ConfigError{File: name, Problems: problems}
+	}
+	return c, nil
+}
+
+// ConfigError lists every problem found in a config file.
+type ConfigError struct {
+	File     string
+	Problems []string
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("%s: %d problem(s):\n  %s", e.File, len(e.Problems), strings.Join(e.Problems, "\n  "))
+}
+
+// keyLines maps each key path of a YAML document ("delivery.retry_min",
+// "dkim[0].key_file") to the line it is on, so validation problems can
+// name their line.
+func keyLines(data []byte) map[string]int {
+	var doc yaml.Node
+	lines := map[string]int{}
+	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 {
+		return lines
+	}
+	var walk func(n *yaml.Node, path string)
+	walk = func(n *yaml.Node, path string) {
+		switch n.Kind {
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				p := n.Content[i].Value
+				if path != "" {
+					p = path + "." + p
+				}
+				lines[p] = n.Content[i].Line
+				walk(n.Content[i+1], p)
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				p := fmt.Sprintf("%s[%d]", path, i)
+				lines[p] = c.Line
+				walk(c, p)
+			}
+		}
+	}
+	walk(doc.Content[0], "")
+	return lines
+}
+
+// withLine prefixes a "path: message" problem with the line of the
+// longest key path that the file has.
+func withLine(problem string, lines map[string]int) string {
+	path, _, ok := strings.Cut(problem, ": ")
+	for ok && path != "" {
+		if l, found := lines[path]; found {
+			return fmt.Sprintf("line %d: %s", l, problem)
+		}
+		i := strings.LastIndexAny(path, ".[")
+		if i < 0 {
+			break
+		}
+		path = path[:i]
+	}
+	return problem
+}

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"mta/spool"
+)
+
+// metrics holds the daemon's Prometheus metrics on a registry of its own
+// (no global registration), and adapts the packages' Observers to it.
+type metrics struct {
+	reg *prometheus.Registry
+
+	received    *prometheus.CounterVec // by listener
+	receivedB   prometheus.Counter
+	smtpdConns  *prometheus.GaugeVec   // by listener
+	smtpdRefuse *prometheus.CounterVec // by listener
+	replies     *prometheus.CounterVec // by listener, class
+	authFails   *prometheus.CounterVec // by listener
+	panics      *prometheus.CounterVec // by subsystem
+
+	attempts   *prometheus.CounterVec // by result, phase, class
+	latency    prometheus.Histogram
+	outConns   prometheus.Gauge
+	dnsLookups *prometheus.CounterVec // by type, result, cached
+	dnsTime    prometheus.Histogram
+}
+
+func newMetrics() *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.received = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mta_smtpd_messages_received_total", Help: "Messages accepted (250 after the spool commit), by listener."}, []string{"listener"})
+	m.receivedB = prometheus.NewCounter(prometheus.CounterOpts{Name: "mta_smtpd_received_bytes_total", Help: "Octets of accepted messages."})
+	m.smtpdConns = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mta_smtpd_connections", Help: "Client connections open now, by listener."}, []string{"listener"})
+	m.smtpdRefuse = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mta_smtpd_connections_refused_total", Help: "Connections refused with 421 for the per-IP or total limit."}, []string{"listener"})
+	m.replies = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mta_smtpd_replies_total", Help: "Final replies sent to clients, by listener and code class (2xx, 4xx, 5xx)."}, []string{"listener", "class"})
+	m.authFails = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mta_smtpd_auth_failures_total", Help: "Failed AUTH attempts."}, []string{"listener"})
+	m.panics = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mta_panics_total", Help: "Panics recovered at goroutine roots (each is a bug)."}, []string{"subsystem"})
+	m.attempts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mta_delivery_attempts_total", Help: "Delivery attempts per recipient, by result (delivered, deferred, failed), phase and reply class."}, []string{"result", "phase", "class"})
+	m.latency = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mta_delivery_latency_seconds", Help: "Time from arrival to delivery of each delivered recipient.",
+		Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600}})
+	m.outConns = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mta_delivery_connections", Help: "Outgoing SMTP connections open now (busy and idle)."})
+	m.dnsLookups = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mta_resolver_lookups_total", Help: "DNS lookups by query type, result and whether the cache answered."}, []string{"type", "result", "cached"})
+	m.dnsTime = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mta_resolver_exchange_seconds", Help: "Duration of DNS exchanges that went to a server.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)})
+	m.reg.MustRegister(m.received, m.receivedB, m.smtpdConns, m.smtpdRefuse, m.replies, m.authFails, m.panics,
+		m.attempts, m.latency, m.outConns, m.dnsLookups, m.dnsTime,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// watchSpool adds gauges read from the spool's counters at scrape time
+// (the counters are kept in the spool's own transactions: no scan).
+func (m *metrics) watchSpool(sp *spool.Spool, dir string) {
+	queue := prometheus.NewDesc("mta_spool_recipients", "Live recipients in the queue, by state (pending, deferred, held).", []string{"state"}, nil)
+	msgs := prometheus.NewDesc("mta_spool_messages", "Live messages in the queue.", nil, nil)
+	retired := prometheus.NewDesc("mta_spool_retired_messages", "Finished messages kept for `mta queue show`.", nil, nil)
+	size := prometheus.NewDesc("mta_spool_file_bytes", "Size of the spool's bbolt file.", nil, nil)
+	m.reg.MustRegister(collectorFunc{descs: []*prometheus.Desc{queue, msgs, retired, size}, collect: func(ch chan<- prometheus.Metric) {
+		if c, err := sp.Counts(); err == nil {
+			for _, st := range []string{"pending", "deferred", "held"} {
+				ch <- prometheus.MustNewConstMetric(queue, prometheus.GaugeValue, float64(c.ByState[st]), st)
+			}
+			ch <- prometheus.MustNewConstMetric(msgs, prometheus.GaugeValue, float64(c.Messages))
+			ch <- prometheus.MustNewConstMetric(retired, prometheus.GaugeValue, float64(c.Retired))
+		}
+		if fi, err := os.Stat(filepath.Join(dir, "spool.db")); err == nil {
+			ch <- prometheus.MustNewConstMetric(size, prometheus.GaugeValue, float64(fi.Size()))
+		}
+	}})
+}
+
+type collectorFunc struct {
+	descs   []*prometheus.Desc
+	collect func(chan<- prometheus.Metric)
+}
+
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
+
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }
+
+// serveMetrics serves /metrics and /healthz on addr until ctx ends.
+// healthy reports whether the daemon can take mail.
+func (m *metrics) serve(ctx context.Context, ln net.Listener, healthy func() error, log *slog.Logger) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if err := healthy(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n")) // a failed write means the scraper left
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx) // best effort at exit
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("metrics server stopped", "err", err)
+	}
+}
+
+func codeClass(code int) string {
+	if code <= 0 {
+		return "none"
+	}
+	return strconv.Itoa(code/100) + "xx"
+}
+
+// Observer adapters.
+
+type smtpdObserver struct{ m *metrics }
+
+func (o smtpdObserver) ConnOpened(l string)  { o.m.smtpdConns.WithLabelValues(l).Inc() }
+func (o smtpdObserver) ConnClosed(l string)  { o.m.smtpdConns.WithLabelValues(l).Dec() }
+func (o smtpdObserver) ConnRefused(l string) { o.m.smtpdRefuse.WithLabelValues(l).Inc() }
+func (o smtpdObserver) Reply(l string, code int) {
+	o.m.replies.WithLabelValues(l, codeClass(code)).Inc()
+}
+func (o smtpdObserver) MessageAccepted(l string, size int64, rcpts int) {
+	o.m.received.WithLabelValues(l).Inc()
+	o.m.receivedB.Add(float64(size))
+}
+func (o smtpdObserver) AuthFailed(l string) { o.m.authFails.WithLabelValues(l).Inc() }
+func (o smtpdObserver) Panicked(l string)   { o.m.panics.WithLabelValues("smtpd").Inc() }
+
+type deliveryObserver struct{ m *metrics }
+
+func (o deliveryObserver) Attempt(result, phase string, code int) {
+	o.m.attempts.WithLabelValues(result, phase, codeClass(code)).Inc()
+}
+func (o deliveryObserver) Delivered(d time.Duration) { o.m.latency.Observe(d.Seconds()) }
+func (o deliveryObserver) Connections(n int)         { o.m.outConns.Set(float64(n)) }
+func (o deliveryObserver) Panic()                    { o.m.panics.WithLabelValues("delivery").Inc() }
+
+type resolverObserver struct{ m *metrics }
+
+func (o resolverObserver) Lookup(qtype, result string, cached bool, d time.Duration) {
+	o.m.dnsLookups.WithLabelValues(qtype, result, strconv.FormatBool(cached)).Inc()
+	if !cached {
+		o.m.dnsTime.Observe(d.Seconds())
+	}
+}

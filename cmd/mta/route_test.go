@@ -1,0 +1,206 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"mta/internal/peer"
+	"mta/internal/testpeer"
+)
+
+const routeCmdZone = `$ORIGIN test.
+$TTL 300
+@           IN SOA ns.test. hostmaster.test. 1 3600 600 86400 60
+plain       IN MX 10 mx1.plain
+plain       IN MX 20 mx2.plain
+mx1.plain   IN A 192.0.2.1
+mx2.plain   IN A 192.0.2.2
+mx2.plain   IN AAAA 2001:db8::2
+nullmx      IN MX 0 .
+servfail    IN MX 10 mx1.plain
+lab         IN MX 10 mx.lab
+lab         IN MX 20 gone.lab
+mx.lab      IN A 127.0.0.2
+`
+
+// routeCmd runs `mta route args...` in-process and returns stdout, the exit
+// status and what the process would print on stderr.
+func routeCmd(t *testing.T, args ...string) (stdout string, status int, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err := run(t.Context(), append([]string{"mta", "route"}, args...), Stdio{In: strings.NewReader(""), Out: &out, Err: &errb})
+	status = exitCode(err, &errb)
+	return out.String(), status, errb.String()
+}
+
+func TestRouteCommand(t *testing.T) {
+	d := testpeer.NewDNS(t, routeCmdZone)
+	d.Set("servfail.test", peer.ModeServfail)
+	srv := "--server=" + d.Addr()
+	cases := []struct {
+		name    string
+		args    []string
+		status  int
+		stdout  []string // substrings, in order, spaces collapsed
+		message string   // prefix of the stderr line after "mta: "
+	}{
+		{name: "route_found", args: []string{"plain.test", srv}, status: exitOK, stdout: []string{
+			"route to plain.test", "DNS steps:", "1 MX plain.test. NOERROR " + d.Addr() + " udp",
+			"plain.test. 300 MX 10 mx1.plain.test.", "2 A mx1.plain.test. NOERROR", "hosts, in the order delivery tries them (MX)",
+			"1. mx1.plain.test pref 10 192.0.2.1", "2. mx2.plain.test pref 20 192.0.2.2 2001:db8::2"}},
+		{name: "flags_before_domain", args: []string{srv, "plain.test"}, status: exitOK, stdout: []string{"1. mx1.plain.test"}},
+		{name: "null_MX_is_permanent", args: []string{"nullmx.test", srv}, status: exitNoHost,
+			stdout: []string{"nullmx.test. 300 MX 0 .", "no route: domain accepts no mail"}, message: "permanent: no route to nullmx.test"},
+		{name: "NXDOMAIN_is_permanent", args: []string{"missing.test", srv}, status: exitNoHost,
+			stdout: []string{"NXDOMAIN"}, message: "permanent: no route to missing.test: domain does not exist"},
+		{name: "SERVFAIL_is_temporary", args: []string{"servfail.test", srv}, status: exitTempFail,
+			stdout: []string{"SERVFAIL"}, message: "temporary: no route to servfail.test now, try later"},
+		{name: "lab_addresses_prohibited", args: []string{"lab.test", srv}, status: exitNoHost,
+			stdout: []string{"dropped:", "mx.lab.test pref 10 no usable address (all prohibited)", "skipped 127.0.0.2: prohibited: loopback",
+				"gone.lab.test pref 20 host does not exist (NXDOMAIN)"}, message: "permanent: no route to lab.test: no usable mail host"},
+		{name: "lab_allowed", args: []string{"lab.test", srv, "--allow-private"}, status: exitOK,
+			stdout: []string{"1. mx.lab.test pref 10 127.0.0.2", "dropped:", "gone.lab.test"}},
+		{name: "self_by_hostname", args: []string{"plain.test", srv, "--hostname", "MX1.plain.test"}, status: exitNoHost,
+			stdout: []string{"self: our host name", "preference 20 is not better than ours (10)"}, message: "permanent: no route to plain.test: mail loops back to myself (5.4.6)"},
+		{name: "address_literal", args: []string{"[192.0.2.7]", srv}, status: exitOK,
+			stdout: []string{"none (address literal)", "(address literal)", "1. [192.0.2.7]"}},
+		{name: "dotless_refused", args: []string{"plain", srv}, status: exitNoHost, message: "permanent: no route to plain: invalid domain"},
+		{name: "no_domain", args: []string{srv}, status: exitUsage},
+		{name: "two_domains", args: []string{"a.test", "b.test", srv}, status: exitUsage},
+		{name: "bad_server", args: []string{"plain.test", "--server", "dns.example"}, status: exitUsage},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out, status, stderr := routeCmd(t, tc.args...)
+			if status != tc.status {
+				t.Fatalf("exit %d, want %d\nstdout:\n%s\nstderr: %s", status, tc.status, out, stderr)
+			}
+			// Columns are padded; compare with runs of spaces collapsed.
+			rest := strings.Join(strings.Fields(out), " ")
+			for _, want := range tc.stdout {
+				i := strings.Index(rest, want)
+				if i < 0 {
+					t.Fatalf("stdout lacks %q (in order):\n%s", want, out)
+				}
+				rest = rest[i+len(want):]
+			}
+			if tc.message != "" && !strings.HasPrefix(stderr, "mta: "+tc.message) {
+				t.Errorf("stderr %q, want it to start with %q", stderr, "mta: "+tc.message)
+			}
+		})
+	}
+}
+
+func TestRouteCommandJSON(t *testing.T) {
+	d := testpeer.NewDNS(t, routeCmdZone)
+	for _, tc := range []struct {
+		name, domain string
+		status       int
+		hosts        []string
+		enhanced     string
+	}{
+		{"route", "plain.test", exitOK, []string{"mx1.plain.test", "mx2.plain.test"}, ""},
+		{"error", "nullmx.test", exitNoHost, nil, "5.1.10"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, status, stderr := routeCmd(t, tc.domain, "--json", "--server", d.Addr())
+			if status != tc.status {
+				t.Fatalf("exit %d, want %d: %s", status, tc.status, stderr)
+			}
+			var got struct {
+				Domain string
+				Hosts  []struct {
+					Name  string
+					Addrs []string
+				}
+				Trace []struct {
+					Type, Rcode string
+					Answer      []struct{ Data string }
+				}
+				Error *struct {
+					Permanent bool
+					Enhanced  string
+				}
+			}
+			if !strings.Contains(out, `"data": `) || !strings.Contains(out, `"duration_ms": `) {
+				t.Errorf("JSON keys are not snake_case:\n%s", out)
+			}
+			if err := json.Unmarshal([]byte(out), &got); err != nil {
+				t.Fatalf("stdout is not JSON: %v\n%s", err, out)
+			}
+			var names []string
+			for _, h := range got.Hosts {
+				names = append(names, h.Name)
+			}
+			if got.Domain != tc.domain || !slices.Equal(names, tc.hosts) || len(got.Trace) == 0 || got.Trace[0].Type != "MX" {
+				t.Errorf("JSON %+v: want domain %s, hosts %v and an MX step", got, tc.domain, tc.hosts)
+			}
+			if (got.Error == nil) != (tc.enhanced == "") || (got.Error != nil && got.Error.Enhanced != tc.enhanced) {
+				t.Errorf("JSON error %+v, want %q", got.Error, tc.enhanced)
+			}
+		})
+	}
+}
+
+// TestSystemServers checks reading DNS servers from a resolv.conf file:
+// nameservers only (search and options are ignored), port 53 added.
+func TestSystemServers(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	got, err := systemServers(write("ok", "search corp.example\noptions ndots:5\nnameserver 192.0.2.53\nnameserver 2001:db8::53\n"))
+	if err != nil || !slices.Equal(got, []string{"192.0.2.53:53", "[2001:db8::53]:53"}) {
+		t.Errorf("got %v, %v", got, err)
+	}
+	if _, err := systemServers(write("empty", "search corp.example\n")); err == nil {
+		t.Error("a resolv.conf without nameservers was accepted")
+	}
+	if _, err := systemServers(filepath.Join(dir, "missing")); err == nil {
+		t.Error("a missing resolv.conf was accepted")
+	}
+}
+
+// TestRouteCommandConfig checks that --config brings the daemon's DNS
+// servers, host name and allow_private_mx, and that flags win over it.
+func TestRouteCommandConfig(t *testing.T) {
+	d := testpeer.NewDNS(t, routeCmdZone)
+	path := filepath.Join(t.TempDir(), "mta.yaml")
+	writeFile(t, path, "hostname: mx2.plain.test\ndns:\n  servers: [\""+d.Addr()+"\"]\n  timeout: 1s\ndelivery:\n  allow_private_mx: true\n")
+	cases := []struct {
+		name   string
+		args   []string
+		status int
+		stdout []string
+	}{
+		{"servers_and_allow_private", []string{"lab.test", "--config", path}, exitOK, []string{"1. mx.lab.test pref 10 127.0.0.2"}},
+		{"hostname_is_self", []string{"plain.test", "--config", path}, exitOK, []string{"1. mx1.plain.test", "dropped:", "mx2.plain.test pref 20 self: our host name"}},
+		{"flag_wins", []string{"lab.test", "--config", path, "--allow-private=false"}, exitNoHost, []string{"prohibited: loopback"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out, status, stderr := routeCmd(t, tc.args...)
+			if status != tc.status {
+				t.Fatalf("exit %d, want %d\n%s%s", status, tc.status, out, stderr)
+			}
+			flat := strings.Join(strings.Fields(out), " ")
+			for _, want := range tc.stdout {
+				if !strings.Contains(flat, want) {
+					t.Errorf("stdout lacks %q:\n%s", want, out)
+				}
+			}
+		})
+	}
+	if _, status, _ := routeCmd(t, "plain.test", "--config", filepath.Join(t.TempDir(), "missing.yaml")); status != exitConfig {
+		t.Errorf("missing config: exit %d, want %d", status, exitConfig)
+	}
+}
