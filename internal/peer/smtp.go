@@ -138,6 +138,7 @@ type Host struct {
 	nextID   int
 	changed  chan struct{}
 	closed   bool
+	box      *Mailbox // also receives what is kept, for POP3
 }
 
 // Listen starts a host on addr ("127.0.0.2:2525", or port 0 for any). With
@@ -297,12 +298,40 @@ func (h *Host) update(f func()) {
 	h.notifyLocked()
 }
 
-func (h *Host) keep(m Message) {
+// SetMailbox makes the host also append every message it keeps to mb,
+// with Return-Path and Received fields in front, so the lab can serve it
+// over POP3 and `mta trace` can read its hop.
+func (h *Host) SetMailbox(mb *Mailbox) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.box = mb
+}
+
+func (h *Host) keep(m Message, remote string) {
+	var box *Mailbox
+	var domain string
 	h.update(func() {
 		h.nextID++
 		m.ID = h.nextID
 		h.mailbox = append(h.mailbox, m)
+		box, domain = h.box, h.b.Domain
 	})
+	if box == nil {
+		return
+	}
+	if domain == "" {
+		domain = "peer.test"
+	}
+	with := "ESMTP"
+	if m.TLS {
+		with = "ESMTPS"
+	}
+	ip, _, _ := net.SplitHostPort(remote)
+	var b strings.Builder
+	fmt.Fprintf(&b, "Return-Path: <%s>\r\n", m.From)
+	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s with %s id %d\r\n\tfor <%s>; %s\r\n",
+		m.EHLO, ip, domain, with, m.ID, strings.Join(m.To, ">, <"), m.Received.Format(time.RFC1123Z))
+	box.Append(append([]byte(b.String()), m.Data...))
 }
 
 // listener counts and records every connection and handles the scripted

@@ -234,7 +234,7 @@ func (s *session) keep(data []byte) {
 		m.To = append(m.To, r.Addr)
 		m.RcptOpts = append(m.RcptOpts, r.Opts)
 	}
-	s.h().keep(m)
+	s.h().keep(m, s.c.rec.Remote)
 }
 
 func (s *session) AuthMechanisms() []string {
