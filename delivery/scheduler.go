@@ -130,7 +130,7 @@ func (e *Scheduler) Shutdown(ctx context.Context) error {
 func (e *Scheduler) loop() {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	draining := false
+	draining, wantClaim := false, true
 	var swept time.Time
 	for {
 		if draining || e.hard.Err() != nil {
@@ -141,14 +141,21 @@ func (e *Scheduler) loop() {
 			e.sweep(now)
 			swept = now
 		}
-		more := e.claim()
+		more := false
+		if wantClaim {
+			more = e.claim()
+		}
+		wantClaim = more
 		e.dispatch()
-		wait := e.nextWake(more)
-		timer.Reset(wait)
+		timer.Reset(e.nextWake(more))
 		select {
 		case <-e.kick:
+			wantClaim = true
 		case <-timer.C:
+			wantClaim = true
 		case d := <-e.done:
+			// Room was made: claim again if the queues were full.
+			wantClaim = e.active >= e.cfg.ActiveEntries
 			e.finished(d)
 		case <-e.draining:
 			draining = true

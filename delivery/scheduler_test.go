@@ -124,3 +124,43 @@ mx.sender.test. 300 IN A 127.0.0.4
 		t.Errorf("DSN:\n%s", d)
 	}
 }
+
+func TestDeliverBoundedQueues(t *testing.T) {
+	w := newWorld(t, setup{zone: oneMXZone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}}, noStart: true,
+		cfg: func(c *delivery.Config) { c.ActiveEntries, c.DestinationEntries = 4, 4 }})
+	var ids []string
+	for range 20 {
+		ids = append(ids, w.send("s@sender.test", []string{"x@example.test"}, body7))
+	}
+	w.start()
+	for _, id := range ids {
+		w.waitStates(id, spool.Delivered)
+	}
+}
+
+func TestDeliverSlowDestinationDoesNotBlockOthers(t *testing.T) {
+	zone := `
+slow.test. 300 IN MX 10 mx.slow.test.
+mx.slow.test. 300 IN A 127.0.0.3
+` + oneMXZone
+	w := newWorld(t, setup{zone: zone, noStart: true,
+		hosts: map[string]peer.Behaviour{"127.0.0.2": {}, "127.0.0.3": {Hang: peer.HangDot}},
+		cfg: func(c *delivery.Config) {
+			c.ActiveEntries, c.DestinationEntries = 4, 2
+			c.Timeouts.FinalDot = time.Minute // the slow host holds its slots
+		}})
+	for range 5 {
+		w.send("s@sender.test", []string{"x@slow.test"}, body7)
+	}
+	var fast []string
+	for range 3 {
+		fast = append(fast, w.send("s@sender.test", []string{"y@example.test"}, body7))
+	}
+	w.start()
+	for _, id := range fast {
+		w.waitStates(id, spool.Delivered)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	_ = w.sched.Shutdown(ctx) // the slow host still holds its attempts: cut them off
+}
