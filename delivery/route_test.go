@@ -29,8 +29,22 @@ func TestDeliverPriority(t *testing.T) {
 	if a.Host != "mx1.example.test" || a.IP != "127.0.0.2" || a.Code != 250 || a.Phase != "data" {
 		t.Errorf("attempt record %+v", a)
 	}
-	if !strings.Contains(w.logs.String(), "msg_id="+id) || !strings.Contains(w.logs.String(), "status=delivered") {
-		t.Errorf("no attempt log line for %s", id)
+	line := ""
+	for _, l := range strings.Split(w.logs.String(), "\n") {
+		if strings.Contains(l, "msg_id="+id) {
+			line = l
+		}
+	}
+	for _, kv := range []string{"rcpt=b@example.test", "domain=example.test", "mx=mx1.example.test", "ip=127.0.0.2",
+		"attempt=1", "phase=data", "code=250", "enhanced=2.0.0", "duration=", "tls=none", "status=delivered"} {
+		if !strings.Contains(line, " "+kv) {
+			t.Errorf("attempt log line lacks %s: %q", kv, line)
+		}
+	}
+	w.obs.mu.Lock()
+	defer w.obs.mu.Unlock()
+	if w.obs.attempts["delivered"] != 1 || w.obs.delivered != 1 {
+		t.Errorf("observer saw %v attempts, %d delivered", w.obs.attempts, w.obs.delivered)
 	}
 }
 

@@ -58,13 +58,22 @@ func TestDeliverDeadDestinationIsNotRedialled(t *testing.T) {
 			t.Errorf("%s: state %v, want deferred", id, r.State)
 		}
 	}
-	// The backoff ends: one probe finds the hosts back, then the rest goes.
+	// The backoff ends: one probe (one session per host) finds them still
+	// down; the other four are deferred again without dialling.
+	w.retry(20 * time.Minute)
+	for _, id := range ids {
+		w.waitAttempts(id, 0, 2)
+	}
+	if a, b := mx1.Connections(), mx2.Connections(); a != 2 || b != 2 {
+		t.Errorf("connections %d, %d after the probe: want one more each", a, b)
+	}
+	// The next probe finds them back, then the rest goes.
 	for _, h := range []*peer.Host{mx1, mx2} {
 		if err := h.SetBehaviour(peer.Behaviour{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	w.retry(20 * time.Minute)
+	w.retry(time.Hour)
 	for _, id := range ids {
 		w.waitStates(id, spool.Delivered)
 	}

@@ -1,6 +1,7 @@
 package delivery_test
 
 import (
+	"log/slog"
 	"strconv"
 	"strings"
 	"testing"
@@ -134,6 +135,11 @@ func TestDeliverRelayhostAuthOverVerifiedTLS(t *testing.T) {
 	if n := len(h.Messages()); n != 1 {
 		t.Errorf("relay got %d transactions, want 1 for both domains", n)
 	}
+	logs := w.logs.String()
+	if !strings.Contains(logs, `line="EHLO `+ourHost+`"`) || strings.Contains(logs, "AG1lAHNlY3JldA") || strings.Contains(logs, `line="AUTH`) ||
+		strings.Contains(logs, "Hello there") {
+		t.Errorf("trace transcript should show EHLO and hide AUTH and the body:\n%s", logs)
+	}
 }
 
 // relayWorld is a second scheduler on w's spool, sending through the
@@ -146,6 +152,7 @@ func relayWorld(t *testing.T, w *world, c *selfsigned.Cert) *world {
 		Auth:  &delivery.Auth{Username: "me", Password: "secret"},
 	}}
 	cfg.RootCAs = c.Pool()
+	cfg.Logger = slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: delivery.LevelTrace}))
 	return w.replace(cfg)
 }
 
