@@ -162,3 +162,50 @@ mx.sender.test. 300 IN A 127.0.0.4
 		})
 	}
 }
+
+func TestDeliverAttemptBudget(t *testing.T) {
+	zone := `
+three.test. 300 IN MX 10 a.three.test.
+three.test. 300 IN MX 20 b.three.test.
+three.test. 300 IN MX 30 c.three.test.
+a.three.test. 300 IN A 127.0.0.2
+b.three.test. 300 IN A 127.0.0.3
+c.three.test. 300 IN A 127.0.0.4
+`
+	busy := peer.Behaviour{Greeting: &peer.Reply{Code: 421, Enhanced: "4.3.2"}}
+	grey := peer.Behaviour{Mail: &peer.Reply{Code: 451, Enhanced: "4.7.1", Text: "greylisted"}}
+	tests := []struct {
+		name string
+		b    peer.Behaviour
+		cfg  func(*delivery.Config)
+	}{
+		{"two_addresses", busy, func(c *delivery.Config) { c.MaxAddrsPerAttempt = 2 }},
+		{"two_sessions", grey, func(c *delivery.Config) { c.MaxSessionsPerAttempt = 2 }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, setup{zone: zone, cfg: tc.cfg,
+				hosts: map[string]peer.Behaviour{"127.0.0.2": tc.b, "127.0.0.3": tc.b, "127.0.0.4": {}}})
+			id := w.send("s@sender.test", []string{"x@three.test"}, body7)
+			r := w.waitAttempts(id, 0, 1)
+			if r.State != spool.Deferred {
+				t.Errorf("state %v, want deferred", r.State)
+			}
+			if n := w.hosts["127.0.0.4"].Connections(); n != 0 {
+				t.Errorf("the third host was dialled past the budget")
+			}
+		})
+	}
+}
+
+func TestDeliverIDNDomainAsALabel(t *testing.T) {
+	zone := "xn--bcher-kva.test. 300 IN MX 10 mx.example.test.\nmx.example.test. 300 IN A 127.0.0.2\n"
+	w := newWorld(t, setup{zone: zone, hosts: map[string]peer.Behaviour{"127.0.0.2": {NoSMTPUTF8: true}}})
+	id := w.send("s@sender.test", []string{"x@bücher.test"}, body7, func(e *spool.Envelope) {
+		e.Recipients[0].Domain = "xn--bcher-kva.test"
+	})
+	w.waitStates(id, spool.Delivered)
+	if got := w.hosts["127.0.0.2"].Messages()[0].To[0]; got != "x@xn--bcher-kva.test" {
+		t.Errorf("RCPT TO %q, want the A-label form", got)
+	}
+}
