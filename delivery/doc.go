@@ -1,0 +1,48 @@
+// Package delivery takes due recipients from the spool and hands them to
+// each destination's mail exchangers over SMTP: the scheduler, the
+// destination queues, the SMTP client side, TLS policy, retries and
+// delivery status notifications (RFC 5321 §5, §4.5.3.2, §4.5.4; RFC 3207;
+// RFC 3461, 3464, 6522, 6533).
+//
+// What it owns and keeps true:
+//
+//   - The scheduler (one goroutine) claims due recipients from the spool
+//     (spool.Claim), which commits each one's next attempt time before any
+//     dial: a crash never starts a hot retry loop, and a recipient whose
+//     outcome was not recorded is due again at that time (at least once,
+//     never lost).
+//   - Claimed recipients wait in bounded destination queues (Config.ActiveEntries
+//     in all, Config.DestinationEntries per destination). A destination is a
+//     next hop: a recipient domain's MX route, or a configured route or
+//     relayhost shared by many domains. Workers take from destinations with
+//     a free slot under a global cap (MaxConns) and a per-destination cap
+//     (PerDestinationConns). A new destination, or one coming back from
+//     dead, gets one attempt at a time until one succeeds.
+//   - A destination where a whole attempt failed (DNS failed temporarily, or
+//     no host took a session) is dead for its backoff: its mail is deferred
+//     without dialling, and one probe goes out when the backoff ends.
+//   - One attempt follows the route in order, at most MaxAddrsPerAttempt
+//     addresses and MaxSessionsPerAttempt completed sessions; at most
+//     MaxRcptsPerTxn recipients per transaction. The reply table is in
+//     attempt.go. Every read and write of a connection carries the RFC 5321
+//     §4.5.3.2 timeout of its phase (conn.go): go-smtp may tighten it, never
+//     clear it.
+//   - Every attempt of every recipient is recorded in the spool in one
+//     Update per attempt and logged as one Info line with the keys msg_id
+//     rcpt domain mx ip attempt phase code enhanced duration tls status.
+//   - Deferred recipients back off from Backoff.Min to Backoff.Max with
+//     jitter; past Lifetime they fail. A delay DSN goes out once after
+//     DelayWarning unless NOTIFY excludes DELAY; a failure DSN is built by
+//     the spool's Bounce hook (Bouncer) when the message retires; a
+//     "relayed" DSN answers NOTIFY=SUCCESS to a hop without DSN. Nothing is
+//     ever sent to the null sender, nor about a DSN.
+//   - TLS: STARTTLS whenever offered (opportunistic: unverified, plain retry
+//     after a failed handshake, the host remembered as broken for a day);
+//     per-domain "require" and "verify"; configured routes verify by
+//     default, use implicit TLS on port 465, and never send AUTH in clear.
+//   - Connections are reused per (host, TLS policy, AUTH user), with RSET
+//     between messages, bounded by messages and age, closed when idle.
+//   - Shutdown stops claiming, lets in-flight transactions finish until its
+//     context ends, then closes their connections: an interrupted recipient
+//     is given back to the spool and is due again (at worst delivered twice).
+package delivery

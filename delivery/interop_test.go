@@ -1,0 +1,70 @@
+package delivery_test
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"mta/delivery"
+	"mta/internal/testpeer"
+	"mta/spool"
+)
+
+// TestDeliverToPostfixSmtpSink delivers to an independent server, Postfix's
+// smtp-sink, and reads what it dumped.
+func TestDeliverToPostfixSmtpSink(t *testing.T) {
+	const sink = "/usr/sbin/smtp-sink"
+	if _, err := os.Stat(sink); err != nil {
+		t.Skipf("%s not installed (Debian package postfix): skipping the interop test", sink)
+	}
+	const ip = "127.0.0.9"
+	ln, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	dir := t.TempDir()
+	args := []string{"-d", filepath.Join(dir, "%M."), ip + ":" + strconv.Itoa(port), "10"}
+	if os.Geteuid() == 0 {
+		args = append([]string{"-u", "root"}, args...)
+	}
+	cmd := exec.CommandContext(t.Context(), sink, args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start smtp-sink: %v", err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	testpeer.WaitFor(t, "smtp-sink to listen", func() bool {
+		c, err := net.Dial("tcp", ip+":"+strconv.Itoa(port))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+
+	zone := "sink.test. 300 IN MX 10 mx.sink.test.\nmx.sink.test. 300 IN A " + ip + "\n"
+	w := newWorld(t, setup{zone: zone, cfg: func(c *delivery.Config) { c.Port = port }})
+	id := w.send("s@sender.test", []string{"a@sink.test", "b@sink.test"}, body7)
+	w.waitStates(id, spool.Delivered, spool.Delivered)
+
+	var dump string
+	testpeer.WaitFor(t, "smtp-sink to dump the message", func() bool {
+		files, _ := filepath.Glob(filepath.Join(dir, "*"))
+		if len(files) != 1 {
+			return false
+		}
+		b, err := os.ReadFile(files[0])
+		dump = string(b)
+		return err == nil && strings.Contains(dump, "Hello there.")
+	})
+	for _, want := range []string{"X-Helo-Args: " + ourHost, "X-Mail-Args: <s@sender.test>",
+		"X-Rcpt-Args: <a@sink.test>", "X-Rcpt-Args: <b@sink.test>", "Subject: hello", "Message-ID: <1@sender.test>"} {
+		if !strings.Contains(dump, want) {
+			t.Errorf("smtp-sink dump lacks %q:\n%s", want, dump)
+		}
+	}
+}

@@ -1,0 +1,211 @@
+package delivery_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"mta/delivery"
+	"mta/internal/peer"
+	"mta/internal/testpeer"
+	"mta/spool"
+)
+
+func TestDeliverPriority(t *testing.T) {
+	w := newWorld(t, setup{zone: basicZone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}, "127.0.0.3": {}}})
+	id := w.send("a@sender.test", []string{"b@example.test"}, body7)
+	m := w.waitStates(id, spool.Delivered)
+	if got := len(w.hosts["127.0.0.2"].Messages()); got != 1 {
+		t.Fatalf("best MX got %d messages, want 1", got)
+	}
+	if n := w.hosts["127.0.0.3"].Connections(); n != 0 {
+		t.Errorf("backup MX was dialled %d times", n)
+	}
+	got := w.hosts["127.0.0.2"].Messages()[0]
+	if got.EHLO != ourHost || got.From != "a@sender.test" || string(got.Data) != body7 {
+		t.Errorf("received %+v", got)
+	}
+	a := lastAttempt(&m.Envelope.Recipients[0])
+	if a.Host != "mx1.example.test" || a.IP != "127.0.0.2" || a.Code != 250 || a.Phase != "data" {
+		t.Errorf("attempt record %+v", a)
+	}
+	line := ""
+	for _, l := range strings.Split(w.logs.String(), "\n") {
+		if strings.Contains(l, "msg_id="+id) {
+			line = l
+		}
+	}
+	for _, kv := range []string{"rcpt=b@example.test", "domain=example.test", "mx=mx1.example.test", "ip=127.0.0.2",
+		"attempt=1", "phase=data", "code=250", "enhanced=2.0.0", "duration=", "tls=none", "status=delivered"} {
+		if !strings.Contains(line, " "+kv) {
+			t.Errorf("attempt log line lacks %s: %q", kv, line)
+		}
+	}
+	w.obs.mu.Lock()
+	defer w.obs.mu.Unlock()
+	if w.obs.attempts["delivered"] != 1 || w.obs.delivered != 1 {
+		t.Errorf("observer saw %v attempts, %d delivered", w.obs.attempts, w.obs.delivered)
+	}
+}
+
+func TestDeliverFallback(t *testing.T) {
+	tests := []struct {
+		name  string
+		best  peer.Behaviour
+		dials int // connections the best MX should see
+	}{
+		{"refused", peer.Behaviour{Refuse: true}, 0},
+		{"421_greeting", peer.Behaviour{Greeting: &peer.Reply{Code: 421, Enhanced: "4.3.2", Text: "busy"}}, 1},
+		{"554_greeting", peer.Behaviour{Greeting: &peer.Reply{Code: 554, Text: "go away"}}, 1},
+		{"hang_at_greeting", peer.Behaviour{Hang: peer.HangGreeting}, 1},
+		{"hang_at_ehlo", peer.Behaviour{Hang: peer.HangEHLO}, 1},
+		{"451_to_mail", peer.Behaviour{Mail: &peer.Reply{Code: 451, Enhanced: "4.7.1", Text: "greylisted"}}, 1},
+		{"421_to_rcpt", peer.Behaviour{Rcpt: &peer.Reply{Code: 421, Enhanced: "4.3.0", Text: "closing"}}, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, setup{zone: basicZone,
+				hosts: map[string]peer.Behaviour{"127.0.0.2": tc.best, "127.0.0.3": {}},
+				cfg: func(c *delivery.Config) {
+					c.Timeouts.Greeting, c.Timeouts.Command = 300*time.Millisecond, 300*time.Millisecond
+				}})
+			id := w.send("a@sender.test", []string{"b@example.test"}, body7)
+			m := w.waitStates(id, spool.Delivered)
+			if n := len(w.hosts["127.0.0.3"].Messages()); n != 1 {
+				t.Errorf("backup MX got %d messages, want 1", n)
+			}
+			if n := w.hosts["127.0.0.2"].Connections(); !tc.best.Refuse && n != tc.dials {
+				t.Errorf("best MX saw %d connections, want %d", n, tc.dials)
+			}
+			if a := lastAttempt(&m.Envelope.Recipients[0]); a.Host != "mx2.example.test" {
+				t.Errorf("delivered through %q, want mx2.example.test", a.Host)
+			}
+		})
+	}
+}
+
+func TestDeliverEqualPreferenceSpread(t *testing.T) {
+	zone := `
+spread.test. 300 IN MX 10 a.spread.test.
+spread.test. 300 IN MX 10 b.spread.test.
+a.spread.test. 300 IN A 127.0.0.2
+b.spread.test. 300 IN A 127.0.0.3
+`
+	w := newWorld(t, setup{zone: zone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}, "127.0.0.3": {}},
+		cfg: func(c *delivery.Config) { c.ReuseMessages = 1 }}) // a new connection per message
+	var ids []string
+	for range 8 {
+		ids = append(ids, w.send("a@sender.test", []string{"x@spread.test"}, body7))
+	}
+	for _, id := range ids {
+		w.waitStates(id, spool.Delivered)
+	}
+	a, b := len(w.hosts["127.0.0.2"].Messages()), len(w.hosts["127.0.0.3"].Messages())
+	if a == 0 || b == 0 || a+b != 8 {
+		t.Errorf("messages per host = %d, %d; want both used, 8 in all", a, b)
+	}
+}
+
+func TestDeliverImplicitMX(t *testing.T) {
+	zone := "implicit.test. 300 IN A 127.0.0.2\n"
+	w := newWorld(t, setup{zone: zone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}}})
+	id := w.send("a@sender.test", []string{"x@implicit.test"}, body7)
+	m := w.waitStates(id, spool.Delivered)
+	if a := lastAttempt(&m.Envelope.Recipients[0]); a.Host != "implicit.test" {
+		t.Errorf("host %q, want implicit.test", a.Host)
+	}
+}
+
+func TestDeliverMXWithoutAddressDoesNotUseA(t *testing.T) {
+	zone := `
+noaddr.test. 300 IN MX 10 mx.noaddr.test.
+noaddr.test. 300 IN A 127.0.0.2
+`
+	w := newWorld(t, setup{zone: zone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}}})
+	id := w.send("a@sender.test", []string{"x@noaddr.test"}, body7)
+	m := w.waitStates(id, spool.Failed) // the MX host does not exist: 5.4.4
+	if n := w.hosts["127.0.0.2"].Connections(); n != 0 {
+		t.Errorf("the domain's own A record was dialled %d times", n)
+	}
+	if a := lastAttempt(&m.Envelope.Recipients[0]); a.Phase != "dns" || a.Enhanced != "5.4.4" {
+		t.Errorf("attempt %+v, want 5.4.4 at dns", a)
+	}
+}
+
+func TestDeliverDNSPermanentFailures(t *testing.T) {
+	zone := `
+nullmx.test. 300 IN MX 0 .
+sender.test. 300 IN MX 10 mx.sender.test.
+mx.sender.test. 300 IN A 127.0.0.4
+`
+	tests := []struct{ name, rcpt, enhanced string }{
+		{"null_MX", "x@nullmx.test", "5.1.10"},
+		{"NXDOMAIN", "x@nowhere.test", "5.1.2"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, setup{zone: zone, hosts: map[string]peer.Behaviour{"127.0.0.4": {}}})
+			id := w.send("a@sender.test", []string{tc.rcpt}, body7)
+			m := w.waitStates(id, spool.Failed)
+			if a := lastAttempt(&m.Envelope.Recipients[0]); a.Enhanced != tc.enhanced || a.Phase != "dns" {
+				t.Errorf("attempt %+v, want %s at dns", a, tc.enhanced)
+			}
+			if m.Envelope.Recipients[0].AttemptCount != 1 {
+				t.Errorf("%d attempts, want 1 (bounced at once)", m.Envelope.Recipients[0].AttemptCount)
+			}
+			sender := w.hosts["127.0.0.4"]
+			testpeer.WaitHost(t, sender, "the DSN", func(h *peer.Host) bool { return len(h.Messages()) == 1 })
+			dsn := sender.Messages()[0]
+			if dsn.From != "" || !strings.Contains(string(dsn.Data), "Status: "+tc.enhanced) {
+				t.Errorf("DSN from %q:\n%s", dsn.From, dsn.Data)
+			}
+		})
+	}
+}
+
+func TestDeliverAttemptBudget(t *testing.T) {
+	zone := `
+three.test. 300 IN MX 10 a.three.test.
+three.test. 300 IN MX 20 b.three.test.
+three.test. 300 IN MX 30 c.three.test.
+a.three.test. 300 IN A 127.0.0.2
+b.three.test. 300 IN A 127.0.0.3
+c.three.test. 300 IN A 127.0.0.4
+`
+	busy := peer.Behaviour{Greeting: &peer.Reply{Code: 421, Enhanced: "4.3.2"}}
+	grey := peer.Behaviour{Mail: &peer.Reply{Code: 451, Enhanced: "4.7.1", Text: "greylisted"}}
+	tests := []struct {
+		name string
+		b    peer.Behaviour
+		cfg  func(*delivery.Config)
+	}{
+		{"two_addresses", busy, func(c *delivery.Config) { c.MaxAddrsPerAttempt = 2 }},
+		{"two_sessions", grey, func(c *delivery.Config) { c.MaxSessionsPerAttempt = 2 }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, setup{zone: zone, cfg: tc.cfg,
+				hosts: map[string]peer.Behaviour{"127.0.0.2": tc.b, "127.0.0.3": tc.b, "127.0.0.4": {}}})
+			id := w.send("s@sender.test", []string{"x@three.test"}, body7)
+			r := w.waitAttempts(id, 0, 1)
+			if r.State != spool.Deferred {
+				t.Errorf("state %v, want deferred", r.State)
+			}
+			if n := w.hosts["127.0.0.4"].Connections(); n != 0 {
+				t.Errorf("the third host was dialled past the budget")
+			}
+		})
+	}
+}
+
+func TestDeliverIDNDomainAsALabel(t *testing.T) {
+	zone := "xn--bcher-kva.test. 300 IN MX 10 mx.example.test.\nmx.example.test. 300 IN A 127.0.0.2\n"
+	w := newWorld(t, setup{zone: zone, hosts: map[string]peer.Behaviour{"127.0.0.2": {NoSMTPUTF8: true}}})
+	id := w.send("s@sender.test", []string{"x@bücher.test"}, body7, func(e *spool.Envelope) {
+		e.Recipients[0].Domain = "xn--bcher-kva.test"
+	})
+	w.waitStates(id, spool.Delivered)
+	if got := w.hosts["127.0.0.2"].Messages()[0].To[0]; got != "x@xn--bcher-kva.test" {
+		t.Errorf("RCPT TO %q, want the A-label form", got)
+	}
+}

@@ -1,0 +1,304 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"mta/spool"
+)
+
+// claimBatch bounds the recipients one Claim takes.
+const claimBatch = 1000
+
+// Scheduler is the delivery engine: it claims due recipients from the
+// spool, queues them per destination and runs the attempts.
+type Scheduler struct {
+	cfg    Config
+	routes *routes
+	pool   *pool
+	broken *brokenTLS
+	dsn    DSNConfig
+	log    *slog.Logger
+	obs    Observer
+
+	kick     chan struct{}
+	done     chan workDone
+	draining chan struct{} // closed by Shutdown
+	stopped  chan struct{} // closed when Run returns
+	started  atomic.Bool
+	stopOnce sync.Once
+	hard     context.Context // ends in-flight connections
+	cancel   context.CancelFunc
+	bg       sync.WaitGroup // workers and background quits
+	conns    atomic.Int64
+
+	// Owned by the Run goroutine.
+	dests   map[string]*destination
+	active  int // claimed recipients held
+	busy    int // attempts running (bounded by MaxConns)
+	pending int // goroutines that will report on done
+}
+
+// New checks cfg and returns a scheduler; Run starts it.
+func New(cfg Config) (*Scheduler, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("delivery config: %w", err)
+	}
+	cfg.setDefaults()
+	hard, cancel := context.WithCancel(context.Background())
+	e := &Scheduler{
+		cfg:      cfg,
+		routes:   newRoutes(&cfg),
+		broken:   newBrokenTLS(10000),
+		dsn:      DSNConfig{Hostname: cfg.Hostname, Lifetime: cfg.Lifetime, Now: cfg.Now},
+		log:      cfg.Logger,
+		obs:      cfg.Observer,
+		kick:     make(chan struct{}, 1),
+		done:     make(chan workDone, 64),
+		draining: make(chan struct{}),
+		stopped:  make(chan struct{}),
+		hard:     hard,
+		cancel:   cancel,
+		dests:    make(map[string]*destination),
+	}
+	e.dsn = e.dsn.withDefaults()
+	e.cfg.TLSPolicies = normalizeKeys(cfg.TLSPolicies)
+	e.pool = newPool(e)
+	for _, r := range e.routes.all() {
+		if r.tls != TLSVerify && r.auth != nil {
+			e.log.Warn("route sends AUTH without verifying the certificate", "route", r.key, "tls", string(r.tls))
+		}
+	}
+	return e, nil
+}
+
+// Kick wakes the scheduler to claim due work now; it never blocks. Wire it
+// to spool.Options.OnDue.
+func (e *Scheduler) Kick() {
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run schedules deliveries until Shutdown is called or ctx ends (which
+// abandons in-flight transactions at once, as a Shutdown past its deadline).
+func (e *Scheduler) Run(ctx context.Context) (err error) {
+	if !e.started.CompareAndSwap(false, true) {
+		return errors.New("delivery: Run called twice")
+	}
+	defer close(e.stopped)
+	stop := context.AfterFunc(ctx, e.cancel)
+	defer stop()
+	defer func() {
+		if p := recover(); p != nil {
+			e.panicked("scheduler", p)
+			err = fmt.Errorf("delivery scheduler panic: %v", p)
+			e.cancel()
+			e.drain()
+		}
+	}()
+	e.loop()
+	return nil
+}
+
+// Shutdown stops claiming, lets in-flight attempts finish until ctx ends,
+// then closes their connections. Recipients not resolved are given back to
+// the spool, due again at their committed next attempt time.
+func (e *Scheduler) Shutdown(ctx context.Context) error {
+	e.stopOnce.Do(func() { close(e.draining) })
+	if e.started.Load() {
+		select {
+		case <-e.stopped:
+		case <-ctx.Done():
+			e.cancel()
+			<-e.stopped
+		}
+	}
+	e.cancel()
+	e.pool.close()
+	e.bg.Wait()
+	return ctx.Err()
+}
+
+func (e *Scheduler) loop() {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	draining, wantClaim := false, true
+	var swept time.Time
+	for {
+		if draining || e.hard.Err() != nil {
+			e.drain()
+			return
+		}
+		if now := e.cfg.Now(); now.Sub(swept) >= destIdleFor/4 || now.Before(swept) {
+			e.sweep(now)
+			swept = now
+		}
+		more := false
+		if wantClaim {
+			more = e.claim()
+		}
+		wantClaim = more
+		e.dispatch()
+		timer.Reset(e.nextWake(more))
+		select {
+		case <-e.kick:
+			wantClaim = true
+		case <-timer.C:
+			wantClaim = true
+		case d := <-e.done:
+			// Room was made: claim again if the queues were full.
+			wantClaim = e.active >= e.cfg.ActiveEntries
+			e.finished(d)
+		case <-e.draining:
+			draining = true
+		case <-e.hard.Done():
+		}
+	}
+}
+
+// drain gives back what waits in queues and waits for running attempts.
+func (e *Scheduler) drain() {
+	for key, d := range e.dests {
+		for _, j := range d.queue {
+			e.cfg.Spool.Unclaim(j.tasks)
+			e.active -= len(j.tasks)
+		}
+		d.queue, d.queuedTasks = nil, 0
+		delete(e.dests, key)
+	}
+	for e.pending > 0 {
+		e.finished(<-e.done)
+	}
+}
+
+// nextWake is how long to sleep: no time when the last claim was full, else
+// until the earliest due recipient (capped, so a clock change is noticed).
+//
+// While the queues are full only a finished attempt (or a kick) wakes it.
+func (e *Scheduler) nextWake(more bool) time.Duration {
+	wait := time.Minute
+	now := e.cfg.Now()
+	if e.active < e.cfg.ActiveEntries {
+		if more {
+			return 0
+		}
+		if t, ok, err := e.cfg.Spool.NextDue(); err == nil && ok {
+			wait = min(wait, max(t.Sub(now), time.Millisecond))
+		}
+	}
+	if t, ok := e.nextDeadEnd(now); ok {
+		wait = min(wait, t.Sub(now))
+	}
+	return wait
+}
+
+// claim takes due recipients into destination queues; it reports whether
+// the spool may have more due now.
+func (e *Scheduler) claim() bool {
+	limit := min(e.cfg.ActiveEntries-e.active, claimBatch)
+	if limit <= 0 {
+		return false
+	}
+	now := e.cfg.Now()
+	held := make(map[string]int, len(e.dests))
+	for k, d := range e.dests {
+		held[k] = d.queuedTasks + d.runningTasks
+	}
+	// lease runs inside Claim's commit, which may run it again for the same
+	// tasks: each task's decision is made once and remembered, and nothing
+	// outside reads held or over until Claim has returned.
+	over := make(map[spool.Task]bool)
+	leases := make(map[spool.Task]time.Time)
+	lease := func(t spool.Task) time.Time {
+		if at, ok := leases[t]; ok {
+			return at
+		}
+		key := e.routes.destKey(t.Domain)
+		at := now.Add(e.cfg.Backoff.delay(t.Attempts + 1))
+		if held[key] >= e.cfg.DestinationEntries {
+			over[t] = true // given back at once, due again shortly
+			at = now.Add(min(e.cfg.Backoff.Min, time.Minute))
+		} else {
+			held[key]++
+		}
+		leases[t] = at
+		return at
+	}
+	tasks, err := e.cfg.Spool.Claim(e.hard, now, limit, lease)
+	if err != nil {
+		if !errors.Is(err, context.Canceled) {
+			e.log.Error("claim due recipients", "err", err)
+		}
+		return false
+	}
+	var keep, back []spool.Task
+	for _, t := range tasks {
+		if over[t] {
+			back = append(back, t)
+		} else {
+			keep = append(keep, t)
+		}
+	}
+	if len(back) > 0 {
+		e.cfg.Spool.Unclaim(back)
+	}
+	e.enqueue(keep)
+	return len(tasks) == limit
+}
+
+// workDone is a finished attempt (or a batch deferred without dialling).
+type workDone struct {
+	dest    *destination
+	tasks   int
+	dialled bool // counted in busy
+	whole   bool // the whole destination failed
+	why     *AttemptError
+}
+
+func (e *Scheduler) finished(w workDone) {
+	e.pending--
+	e.active -= w.tasks
+	d := w.dest
+	d.runningTasks -= w.tasks
+	if w.dialled {
+		e.busy--
+		d.running--
+	}
+	switch {
+	case w.whole:
+		d.failed(e.cfg.Now(), e.cfg.Backoff, w.why)
+	case w.dialled:
+		d.alive()
+	}
+}
+
+func (e *Scheduler) panicked(where string, p any) {
+	e.obs.Panic()
+	e.log.Error("panic recovered", "where", where, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+}
+
+// background runs f as a tracked goroutine (Shutdown waits for it).
+func (e *Scheduler) background(f func()) {
+	e.bg.Go(func() {
+		defer func() {
+			if p := recover(); p != nil {
+				e.panicked("background", p)
+			}
+		}()
+		f()
+	})
+}
+
+func (e *Scheduler) connOpened() { e.obs.Connections(int(e.conns.Add(1))) }
+func (e *Scheduler) connClosed() { e.obs.Connections(int(e.conns.Add(-1))) }
+
+// OpenConnections is the number of SMTP connections open now.
+func (e *Scheduler) OpenConnections() int { return int(e.conns.Load()) }

@@ -1,0 +1,340 @@
+package delivery
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// target is one address of one host, and how to speak to it.
+type target struct {
+	host     string // MX or relay host name, or an address literal
+	ip       netip.Addr
+	port     int
+	policy   TLSPolicy
+	implicit bool // TLS from the first byte (port 465)
+	auth     *Auth
+}
+
+func (t target) key() poolKey {
+	k := poolKey{host: t.host, port: t.port, policy: t.policy}
+	if t.auth != nil {
+		k.user = t.auth.Username
+	}
+	return k
+}
+
+// serverName is the SNI and verification name: the host name, or none for
+// an address.
+func (t target) serverName() string {
+	if strings.HasPrefix(t.host, "[") {
+		return ""
+	}
+	if _, err := netip.ParseAddr(t.host); err == nil {
+		return ""
+	}
+	return t.host
+}
+
+// session is an open SMTP connection, ready for MAIL.
+type session struct {
+	t        target
+	c        *smtp.Client
+	dc       *deadlineConn
+	tls      string // "none", "TLS1.3 verified", ...
+	verified bool
+	eightBit bool
+	utf8     bool
+	dsn      bool
+	size     int64 // SIZE limit; 0 when none
+	born     time.Time
+	msgs     int  // transactions completed
+	reused   bool // taken from the pool for this attempt
+}
+
+// errTLSBroken: an opportunistic handshake failed; the host is now marked
+// and the caller dials again in plain text.
+var errTLSBroken = errors.New("TLS handshake failed, retrying in plain text")
+
+// open dials t and takes the session through greeting, EHLO, STARTTLS and
+// AUTH. ctx bounds the connection's life (the engine's hard stop).
+func (e *Scheduler) open(ctx context.Context, t target) (*session, *AttemptError) {
+	fail := func(err error, phase string) *AttemptError { return classify(err, phase, t.host, t.ip.String()) }
+	addr := net.JoinHostPort(t.ip.String(), strconv.Itoa(t.port))
+	dctx, cancel := context.WithTimeout(ctx, e.cfg.Timeouts.Connect)
+	raw, err := e.dial(dctx, "tcp", addr)
+	cancel()
+	if err != nil {
+		return nil, fail(err, phaseDial)
+	}
+	e.connOpened()
+	s := &session{t: t, dc: newDeadlineConn(ctx, raw), tls: "none", born: time.Now()}
+	s.dc.onClose = e.connClosed
+	var nc net.Conn = s.dc
+	if t.implicit {
+		s.dc.setPhase(phaseStartTLS, e.cfg.Timeouts.StartTLS)
+		tc := tls.Client(s.dc, e.tlsConfig(t.policy, t.serverName()))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			e.closeSession(s)
+			return nil, fail(err, phaseStartTLS)
+		}
+		s.tls, s.verified = e.verdict(tc.ConnectionState(), t.serverName())
+		nc = tc
+	}
+	s.dc.setPhase(phaseGreeting, e.cfg.Timeouts.Greeting)
+	s.dc.thenOnWrite(phaseEHLO, e.cfg.Timeouts.Command)
+	s.c = e.newClient(nc, t)
+	if err := s.c.Hello(e.cfg.Hostname); err != nil {
+		phase := s.dc.currentPhase()
+		e.closeSession(s)
+		return nil, fail(err, phase)
+	}
+	if aerr := e.secure(ctx, s); aerr != nil {
+		e.closeSession(s)
+		return nil, aerr
+	}
+	s.eightBit, _ = s.c.Extension("8BITMIME")
+	s.utf8, _ = s.c.Extension("SMTPUTF8")
+	s.dsn, _ = s.c.Extension("DSN")
+	if n, ok := s.c.MaxMessageSize(); ok {
+		s.size = int64(n)
+	}
+	return s, nil
+}
+
+func (e *Scheduler) newClient(nc net.Conn, t target) *smtp.Client {
+	c := smtp.NewClient(nc)
+	c.CommandTimeout = e.cfg.Timeouts.Command
+	c.SubmissionTimeout = e.cfg.Timeouts.FinalDot
+	if e.log.Enabled(context.Background(), LevelTrace) {
+		c.DebugWriter = &transcript{log: e.log, host: t.host, ip: t.ip.String(), body: -1}
+	}
+	return c
+}
+
+// LevelTrace is the slog level of SMTP transcripts (below Debug).
+const LevelTrace = slog.Level(-8)
+
+// transcript logs what go-smtp's client reads and writes, at LevelTrace.
+// The AUTH exchange is left out (quiet) and the message body is logged as
+// its size: from the 354 reply to the final dot.
+type transcript struct {
+	log      *slog.Logger
+	host, ip string
+	body     int // octets of body seen; -1 outside DATA
+}
+
+func (t *transcript) Write(p []byte) (int, error) {
+	s := string(p)
+	switch {
+	case t.body >= 0:
+		t.body += len(p)
+		if !strings.HasSuffix(s, "\r\n.\r\n") && s != ".\r\n" {
+			return len(p), nil
+		}
+		s = fmt.Sprintf("[message body, %d octets, and the final dot]", t.body)
+		t.body = -1
+	case strings.HasPrefix(s, "354"):
+		t.body = 0
+	}
+	t.log.Log(context.Background(), LevelTrace, "smtp transcript", "mx", t.host, "ip", t.ip,
+		"line", strings.TrimRight(s, "\r\n"))
+	return len(p), nil
+}
+
+// quiet runs f without a transcript.
+func quiet(c *smtp.Client, f func() error) error {
+	w := c.DebugWriter
+	c.DebugWriter = nil
+	defer func() { c.DebugWriter = w }()
+	return f()
+}
+
+// secure runs STARTTLS as the policy says, then AUTH when configured.
+func (e *Scheduler) secure(ctx context.Context, s *session) *AttemptError {
+	t := s.t
+	if s.tls == "none" && t.policy != TLSNone {
+		if aerr := e.startTLS(ctx, s); aerr != nil {
+			return aerr
+		}
+	}
+	if s.tls == "none" && (t.policy == TLSRequire || t.policy == TLSVerify) {
+		ae := localError(false, "4.7.10", phaseStartTLS, "TLS is required but the host does not offer STARTTLS")
+		ae.Host, ae.IP = t.host, t.ip.String()
+		return ae
+	}
+	if s.tls != "none" && t.policy == TLSVerify && !s.verified {
+		ae := localError(false, "4.7.5", phaseStartTLS, "certificate not verified")
+		ae.Host, ae.IP = t.host, t.ip.String()
+		return ae
+	}
+	if t.auth != nil {
+		return e.authenticate(s)
+	}
+	return nil
+}
+
+func brokenKey(t target) string { return t.host + "|" + t.ip.String() }
+
+// startTLS sends STARTTLS itself (go-smtp v0.25 cannot after a Hello with
+// our name), completes the handshake, and starts a fresh go-smtp client on
+// the TLS connection that says EHLO again.
+func (e *Scheduler) startTLS(ctx context.Context, s *session) *AttemptError {
+	t := s.t
+	now := e.cfg.Now()
+	if ok, _ := s.c.Extension("STARTTLS"); !ok {
+		return nil
+	}
+	if t.policy == TLSOpportunistic && e.broken.broken(brokenKey(t), now) {
+		return nil
+	}
+	fail := func(err error, phase string) *AttemptError { return classify(err, phase, t.host, t.ip.String()) }
+	s.dc.setPhase(phaseStartTLS, e.cfg.Timeouts.StartTLS)
+	code, text, err := rawCommand(s.dc, "STARTTLS")
+	if err != nil {
+		return fail(err, phaseStartTLS)
+	}
+	if code != 220 {
+		if t.policy == TLSOpportunistic {
+			return nil // RFC 3207 §4.1: the session may go on in plain text
+		}
+		ae := fail(&smtp.SMTPError{Code: code, Message: text}, phaseStartTLS)
+		ae.Permanent = false
+		return ae
+	}
+	tc := tls.Client(s.dc, e.tlsConfig(t.policy, t.serverName()))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		ae := fail(err, phaseStartTLS)
+		if t.policy == TLSOpportunistic && ctx.Err() == nil {
+			e.broken.mark(brokenKey(t), now.Add(e.cfg.BrokenTLSFor), now)
+			ae.Err = fmt.Errorf("%w: %w", errTLSBroken, err)
+		}
+		return ae
+	}
+	s.tls, s.verified = e.verdict(tc.ConnectionState(), t.serverName())
+	s.c = e.newClient(&preface{Conn: tc, pre: []byte("220 TLS started\r\n")}, t)
+	s.dc.setPhase(phaseEHLO, e.cfg.Timeouts.Command)
+	if err := s.c.Hello(e.cfg.Hostname); err != nil {
+		return fail(err, phaseEHLO)
+	}
+	return nil
+}
+
+// rawCommand sends one command and reads its reply a byte at a time, so
+// nothing after the reply (the TLS handshake) is consumed.
+func rawCommand(c net.Conn, cmd string) (int, string, error) {
+	if _, err := io.WriteString(c, cmd+"\r\n"); err != nil {
+		return 0, "", err
+	}
+	return readReply(c)
+}
+
+// readReply reads one SMTP reply (RFC 5321 §4.2), single or multi-line,
+// reading r one byte at a time.
+func readReply(r io.Reader) (int, string, error) {
+	var text []string
+	line := make([]byte, 0, 128)
+	one := make([]byte, 1)
+	for lines := 0; lines < 100; {
+		if _, err := io.ReadFull(r, one); err != nil {
+			return 0, "", err
+		}
+		if one[0] != '\n' {
+			if len(line) > 1000 {
+				return 0, "", errors.New("reply line too long")
+			}
+			line = append(line, one[0])
+			continue
+		}
+		lines++
+		l := strings.TrimRight(string(line), "\r")
+		line = line[:0]
+		code, err := strconv.Atoi(l[:min(3, len(l))])
+		if err != nil || len(l) < 3 || code < 100 || code > 599 || (len(l) > 3 && l[3] != ' ' && l[3] != '-') {
+			return 0, "", fmt.Errorf("malformed reply %q", l)
+		}
+		if len(l) > 4 {
+			text = append(text, l[4:])
+		}
+		if len(l) == 3 || l[3] == ' ' {
+			return code, strings.Join(text, " "), nil
+		}
+	}
+	return 0, "", errors.New("reply has too many lines")
+}
+
+// authenticate logs in with PLAIN or LOGIN, never over plain text. Its
+// failures are temporary: a wrong password is the operator's to fix, and
+// the mail waits.
+func (e *Scheduler) authenticate(s *session) *AttemptError {
+	t := s.t
+	if s.tls == "none" {
+		ae := localError(false, "4.7.10", phaseAuth, "AUTH withheld: the session is not encrypted")
+		ae.Host, ae.IP = t.host, t.ip.String()
+		return ae
+	}
+	var mech sasl.Client
+	switch {
+	case s.c.SupportsAuth(sasl.Plain):
+		mech = sasl.NewPlainClient("", t.auth.Username, t.auth.Password)
+	case s.c.SupportsAuth(sasl.Login):
+		mech = sasl.NewLoginClient(t.auth.Username, t.auth.Password)
+	default:
+		ae := localError(false, "4.7.4", phaseAuth, "host offers neither AUTH PLAIN nor LOGIN")
+		ae.Host, ae.IP = t.host, t.ip.String()
+		return ae
+	}
+	s.dc.setPhase(phaseAuth, e.cfg.Timeouts.Command)
+	if err := quiet(s.c, func() error { return s.c.Auth(mech) }); err != nil {
+		ae := classify(err, phaseAuth, t.host, t.ip.String())
+		ae.Permanent = false
+		return ae
+	}
+	return nil
+}
+
+// reset readies a pooled session for the next message (RSET).
+func (e *Scheduler) reset(s *session) error {
+	s.dc.setPhase(phaseMail, e.cfg.Timeouts.Command)
+	return s.c.Reset()
+}
+
+// quit ends a session politely, within a short bound.
+func (e *Scheduler) quit(s *session) {
+	s.dc.setPhase("quit", min(e.cfg.Timeouts.Command, 10*time.Second))
+	_ = s.c.Quit() // the connection closes below either way
+	e.closeSession(s)
+}
+
+func (e *Scheduler) closeSession(s *session) {
+	s.dc.shut()
+}
+
+func (e *Scheduler) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	if e.cfg.Dial != nil {
+		return e.cfg.Dial(ctx, network, addr)
+	}
+	d := net.Dialer{}
+	ap, err := netip.ParseAddrPort(addr)
+	if err == nil {
+		src := e.cfg.SourceIPv4
+		if ap.Addr().Is6() {
+			src = e.cfg.SourceIPv6
+		}
+		if src.IsValid() {
+			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+		}
+	}
+	return d.DialContext(ctx, network, addr)
+}
