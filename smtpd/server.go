@@ -33,15 +33,15 @@ type Server struct {
 	now      func() time.Time
 	timeouts Timeouts
 	trusted  []netip.Prefix
-	local    map[string]bool // LocalDomains, normalised
 	origin   string
 	tls      *tls.Config
 	dkim     map[string]DKIMKey
 	trustUID map[int]bool
 
-	users   atomic.Pointer[Users]
-	limits  atomic.Pointer[Limits]
-	aliases atomic.Pointer[aliasTable]
+	users        atomic.Pointer[Users]
+	limits       atomic.Pointer[Limits]
+	aliases      atomic.Pointer[mailaddr.Aliases]
+	localDomains []string
 
 	auth  *authenticator
 	rates *rateTable
@@ -73,7 +73,6 @@ func New(cfg Config) (*Server, error) {
 		now:      cfg.Now,
 		timeouts: cfg.Timeouts.withDefaults(),
 		trusted:  cfg.TrustedNetworks,
-		local:    map[string]bool{},
 		origin:   cfg.MyOrigin,
 		conns:    map[*conn]struct{}{},
 		perIP:    map[netip.Addr]int{},
@@ -100,13 +99,8 @@ func New(cfg Config) (*Server, error) {
 }
 
 func (s *Server) setup(cfg Config) error {
-	for _, d := range cfg.LocalDomains {
-		n, err := mailaddr.NormalizeDomain(d)
-		if err != nil {
-			return fmt.Errorf("smtpd: local domain: %w", err)
-		}
-		s.local[n] = true
-	}
+	// SetAliases below checks the local domains.
+	s.localDomains = cfg.LocalDomains
 	if cfg.TLS != nil {
 		s.tls = cfg.TLS.Clone()
 		if s.tls.MinVersion < tls.VersionTLS12 {
@@ -153,7 +147,7 @@ func (s *Server) SetLimits(l Limits) {
 // SetAliases replaces the aliases; it fails, changing nothing, when an
 // alias is malformed.
 func (s *Server) SetAliases(aliases map[string][]string) error {
-	t, err := newAliasTable(aliases)
+	t, err := mailaddr.NewAliases(aliases, s.localDomains)
 	if err != nil {
 		return fmt.Errorf("smtpd: %w", err)
 	}
@@ -270,8 +264,6 @@ func (s *Server) isTrusted(ip netip.Addr) bool {
 	}
 	return false
 }
-
-func (s *Server) isLocalDomain(d string) bool { return s.local[d] }
 
 func (s *Server) currentLimits() Limits { return *s.limits.Load() }
 
