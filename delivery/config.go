@@ -99,7 +99,8 @@ type Backoff struct {
 
 // Observer receives the engine's metrics; cmd/mta adapts it to Prometheus.
 // Labels stay bounded: result is "delivered", "deferred" or "failed";
-// phase is one of spool.Attempt's phases.
+// phase is one of spool.Attempt's phases. Its methods are called from many
+// goroutines at once.
 type Observer interface {
 	// Attempt is called once per recipient per attempt.
 	Attempt(result, phase string, code int)
