@@ -155,6 +155,9 @@ type Config struct {
 	Routes map[string]NextHop
 	// Relayhost, when set, takes every domain (or its Domains) without a route.
 	Relayhost *Relayhost
+	// Aliases rewrite the recipient of a DSN whose sender is in a local
+	// domain (see DSNConfig.Aliases).
+	Aliases *mailaddr.Aliases
 	// TLSPolicies per recipient domain for MX delivery (default opportunistic).
 	TLSPolicies map[string]TLSPolicy
 	// RootCAs verify certificates (nil: the system pool).
