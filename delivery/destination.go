@@ -60,10 +60,11 @@ func (e *Scheduler) enqueue(tasks []spool.Task) {
 	jobs := make(map[jobKey]*job)
 	for _, t := range tasks {
 		e.active++
-		key := e.routes.destKey(t.Domain)
+		hops := e.hops.Load()
+		key := hops.routes.destKey(t.Domain)
 		d := e.dests[key]
 		if d == nil {
-			d = &destination{key: key, static: e.routes.lookup(t.Domain)}
+			d = &destination{key: key, static: hops.routes.lookup(t.Domain)}
 			if d.static == nil {
 				d.domain = t.Domain
 			}
@@ -115,6 +116,7 @@ func (d *destination) pop() *job {
 
 // start runs one attempt on its own goroutine.
 func (e *Scheduler) start(j *job) {
+	e.pending++
 	e.background(func() {
 		w := workDone{dest: j.dest, tasks: len(j.tasks), dialled: true}
 		defer func() {
@@ -136,6 +138,7 @@ func (e *Scheduler) deferDead(d *destination, now time.Time) {
 	d.queue, d.queuedTasks = nil, 0
 	d.runningTasks += n
 	why, until := d.why, d.deadUntil
+	e.pending++
 	e.background(func() {
 		defer func() {
 			if p := recover(); p != nil {
@@ -167,11 +170,11 @@ func (e *Scheduler) sweep(now time.Time) {
 }
 
 // nextDeadEnd is when the first dead destination with waiting mail may be
-// probed.
-func (e *Scheduler) nextDeadEnd() (time.Time, bool) {
+// probed, if that is still to come.
+func (e *Scheduler) nextDeadEnd(now time.Time) (time.Time, bool) {
 	var first time.Time
 	for _, d := range e.dests {
-		if len(d.queue) > 0 && !d.deadUntil.IsZero() && (first.IsZero() || d.deadUntil.Before(first)) {
+		if len(d.queue) > 0 && d.deadUntil.After(now) && (first.IsZero() || d.deadUntil.Before(first)) {
 			first = d.deadUntil
 		}
 	}

@@ -42,18 +42,6 @@ func (e *AttemptError) Error() string {
 
 func (e *AttemptError) Unwrap() error { return e.Err }
 
-// reply is the Diagnostic-Code form: "550 5.1.1 no such user".
-func (e *AttemptError) reply() string {
-	if e.Code == 0 {
-		return e.Text
-	}
-	return strings.TrimSpace(fmt.Sprintf("%d %s %s", e.Code, e.Enhanced, e.Text))
-}
-
-// hostLevel reports whether the error is about the session rather than a
-// recipient: the next address or host should be tried.
-func (e *AttemptError) hostLevel() bool { return e.Code == 0 || e.Code == 421 }
-
 // classify maps any error of a session step into an *AttemptError: the
 // replies go-smtp returns as *smtp.SMTPError, our own *AttemptError,
 // resolver errors, timeouts, TLS and network failures.

@@ -1,6 +1,7 @@
 package delivery_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -29,8 +30,22 @@ func TestDeliverPriority(t *testing.T) {
 	if a.Host != "mx1.example.test" || a.IP != "127.0.0.2" || a.Code != 250 || a.Phase != "data" {
 		t.Errorf("attempt record %+v", a)
 	}
-	if !strings.Contains(w.logs.String(), "msg_id="+id) || !strings.Contains(w.logs.String(), "status=delivered") {
-		t.Errorf("no attempt log line for %s", id)
+	line := ""
+	for _, l := range strings.Split(w.logs.String(), "\n") {
+		if strings.Contains(l, "msg_id="+id) {
+			line = l
+		}
+	}
+	for _, kv := range []string{"rcpt=b@example.test", "domain=example.test", "mx=mx1.example.test", "ip=127.0.0.2",
+		"attempt=1", "phase=data", "code=250", "enhanced=2.0.0", "duration=", "tls=none", "status=delivered"} {
+		if !strings.Contains(line, " "+kv) {
+			t.Errorf("attempt log line lacks %s: %q", kv, line)
+		}
+	}
+	w.obs.mu.Lock()
+	defer w.obs.mu.Unlock()
+	if w.obs.attempts["delivered"] != 1 || w.obs.delivered != 1 {
+		t.Errorf("observer saw %v attempts, %d delivered", w.obs.attempts, w.obs.delivered)
 	}
 }
 
@@ -146,5 +161,77 @@ mx.sender.test. 300 IN A 127.0.0.4
 				t.Errorf("DSN from %q:\n%s", dsn.From, dsn.Data)
 			}
 		})
+	}
+}
+
+func TestDeliverAttemptBudget(t *testing.T) {
+	zone := `
+three.test. 300 IN MX 10 a.three.test.
+three.test. 300 IN MX 20 b.three.test.
+three.test. 300 IN MX 30 c.three.test.
+a.three.test. 300 IN A 127.0.0.2
+b.three.test. 300 IN A 127.0.0.3
+c.three.test. 300 IN A 127.0.0.4
+`
+	busy := peer.Behaviour{Greeting: &peer.Reply{Code: 421, Enhanced: "4.3.2"}}
+	grey := peer.Behaviour{Mail: &peer.Reply{Code: 451, Enhanced: "4.7.1", Text: "greylisted"}}
+	tests := []struct {
+		name string
+		b    peer.Behaviour
+		cfg  func(*delivery.Config)
+	}{
+		{"two_addresses", busy, func(c *delivery.Config) { c.MaxAddrsPerAttempt = 2 }},
+		{"two_sessions", grey, func(c *delivery.Config) { c.MaxSessionsPerAttempt = 2 }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, setup{zone: zone, cfg: tc.cfg,
+				hosts: map[string]peer.Behaviour{"127.0.0.2": tc.b, "127.0.0.3": tc.b, "127.0.0.4": {}}})
+			id := w.send("s@sender.test", []string{"x@three.test"}, body7)
+			r := w.waitAttempts(id, 0, 1)
+			if r.State != spool.Deferred {
+				t.Errorf("state %v, want deferred", r.State)
+			}
+			if n := w.hosts["127.0.0.4"].Connections(); n != 0 {
+				t.Errorf("the third host was dialled past the budget")
+			}
+		})
+	}
+}
+
+func TestDeliverIDNDomainAsALabel(t *testing.T) {
+	zone := "xn--bcher-kva.test. 300 IN MX 10 mx.example.test.\nmx.example.test. 300 IN A 127.0.0.2\n"
+	w := newWorld(t, setup{zone: zone, hosts: map[string]peer.Behaviour{"127.0.0.2": {NoSMTPUTF8: true}}})
+	id := w.send("s@sender.test", []string{"x@bücher.test"}, body7, func(e *spool.Envelope) {
+		e.Recipients[0].Domain = "xn--bcher-kva.test"
+	})
+	w.waitStates(id, spool.Delivered)
+	if got := w.hosts["127.0.0.2"].Messages()[0].To[0]; got != "x@xn--bcher-kva.test" {
+		t.Errorf("RCPT TO %q, want the A-label form", got)
+	}
+}
+
+// SetNextHops (SIGHUP) changes where new mail for a domain goes; invalid
+// next hops are refused and the old ones stay.
+func TestSetNextHops(t *testing.T) {
+	w := newWorld(t, setup{zone: oneMXZone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}, "127.0.0.3": {}}})
+	first := w.send("s@sender.test", []string{"a@example.test"}, body7)
+	w.waitStates(first, spool.Delivered)
+
+	bad := map[string]delivery.NextHop{"example.test": {Hosts: nil}}
+	if err := w.sched.SetNextHops(bad, nil, nil); err == nil {
+		t.Fatal("a route without hosts was accepted")
+	}
+	route := map[string]delivery.NextHop{"example.test": {Hosts: []string{fmt.Sprintf("[127.0.0.3]:%d", w.port)}, TLS: delivery.TLSNone}}
+	if err := w.sched.SetNextHops(route, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	second := w.send("s@sender.test", []string{"b@example.test"}, body7)
+	w.waitStates(second, spool.Delivered)
+	if n := len(w.hosts["127.0.0.2"].Messages()); n != 1 {
+		t.Errorf("MX host got %d messages, want only the first", n)
+	}
+	if got := w.hosts["127.0.0.3"].Messages(); len(got) != 1 || got[0].To[0] != "b@example.test" {
+		t.Errorf("route host got %+v, want the second message", got)
 	}
 }

@@ -19,8 +19,10 @@ const claimBatch = 1000
 // Scheduler is the delivery engine: it claims due recipients from the
 // spool, queues them per destination and runs the attempts.
 type Scheduler struct {
-	cfg    Config
-	routes *routes
+	cfg Config
+	// hops are the configured routes and TLS policies; SetNextHops swaps
+	// them while running.
+	hops   atomic.Pointer[nextHops]
 	pool   *pool
 	broken *brokenTLS
 	dsn    DSNConfig
@@ -39,9 +41,10 @@ type Scheduler struct {
 	conns    atomic.Int64
 
 	// Owned by the Run goroutine.
-	dests  map[string]*destination
-	active int // claimed recipients held
-	busy   int // attempts running (bounded by MaxConns)
+	dests   map[string]*destination
+	active  int // claimed recipients held
+	busy    int // attempts running (bounded by MaxConns)
+	pending int // goroutines that will report on done
 }
 
 // New checks cfg and returns a scheduler; Run starts it.
@@ -53,9 +56,8 @@ func New(cfg Config) (*Scheduler, error) {
 	hard, cancel := context.WithCancel(context.Background())
 	e := &Scheduler{
 		cfg:      cfg,
-		routes:   newRoutes(&cfg),
 		broken:   newBrokenTLS(10000),
-		dsn:      DSNConfig{Hostname: cfg.Hostname, Lifetime: cfg.Lifetime, Now: cfg.Now},
+		dsn:      DSNConfig{Hostname: cfg.Hostname, Lifetime: cfg.Lifetime, Now: cfg.Now, Aliases: cfg.Aliases},
 		log:      cfg.Logger,
 		obs:      cfg.Observer,
 		kick:     make(chan struct{}, 1),
@@ -68,11 +70,7 @@ func New(cfg Config) (*Scheduler, error) {
 	}
 	e.dsn = e.dsn.withDefaults()
 	e.pool = newPool(e)
-	for _, r := range e.routes.all() {
-		if r.tls != TLSVerify && r.auth != nil {
-			e.log.Warn("route sends AUTH without verifying the certificate", "route", r.key, "tls", string(r.tls))
-		}
-	}
+	e.storeHops(cfg.Routes, cfg.Relayhost, cfg.TLSPolicies)
 	return e, nil
 }
 
@@ -128,7 +126,7 @@ func (e *Scheduler) Shutdown(ctx context.Context) error {
 func (e *Scheduler) loop() {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	draining := false
+	draining, wantClaim := false, true
 	var swept time.Time
 	for {
 		if draining || e.hard.Err() != nil {
@@ -139,14 +137,21 @@ func (e *Scheduler) loop() {
 			e.sweep(now)
 			swept = now
 		}
-		more := e.claim()
+		more := false
+		if wantClaim {
+			more = e.claim()
+		}
+		wantClaim = more
 		e.dispatch()
-		wait := e.nextWake(more)
-		timer.Reset(wait)
+		timer.Reset(e.nextWake(more))
 		select {
 		case <-e.kick:
+			wantClaim = true
 		case <-timer.C:
+			wantClaim = true
 		case d := <-e.done:
+			// Room was made: claim again if the queues were full.
+			wantClaim = e.active >= e.cfg.ActiveEntries
 			e.finished(d)
 		case <-e.draining:
 			draining = true
@@ -165,23 +170,28 @@ func (e *Scheduler) drain() {
 		d.queue, d.queuedTasks = nil, 0
 		delete(e.dests, key)
 	}
-	for e.busy > 0 {
+	for e.pending > 0 {
 		e.finished(<-e.done)
 	}
 }
 
 // nextWake is how long to sleep: no time when the last claim was full, else
 // until the earliest due recipient (capped, so a clock change is noticed).
+//
+// While the queues are full only a finished attempt (or a kick) wakes it.
 func (e *Scheduler) nextWake(more bool) time.Duration {
-	if more && e.active < e.cfg.ActiveEntries {
-		return 0
-	}
 	wait := time.Minute
-	if t, ok, err := e.cfg.Spool.NextDue(); err == nil && ok {
-		wait = min(wait, max(t.Sub(e.cfg.Now()), time.Millisecond))
+	now := e.cfg.Now()
+	if e.active < e.cfg.ActiveEntries {
+		if more {
+			return 0
+		}
+		if t, ok, err := e.cfg.Spool.NextDue(); err == nil && ok {
+			wait = min(wait, max(t.Sub(now), time.Millisecond))
+		}
 	}
-	if t, ok := e.nextDeadEnd(); ok {
-		wait = min(wait, max(t.Sub(e.cfg.Now()), time.Millisecond))
+	if t, ok := e.nextDeadEnd(now); ok {
+		wait = min(wait, t.Sub(now))
 	}
 	return wait
 }
@@ -207,7 +217,7 @@ func (e *Scheduler) claim() bool {
 		if at, ok := leases[t]; ok {
 			return at
 		}
-		key := e.routes.destKey(t.Domain)
+		key := e.hops.Load().routes.destKey(t.Domain)
 		at := now.Add(e.cfg.Backoff.delay(t.Attempts + 1))
 		if held[key] >= e.cfg.DestinationEntries {
 			over[t] = true // given back at once, due again shortly
@@ -250,6 +260,7 @@ type workDone struct {
 }
 
 func (e *Scheduler) finished(w workDone) {
+	e.pending--
 	e.active -= w.tasks
 	d := w.dest
 	d.runningTasks -= w.tasks

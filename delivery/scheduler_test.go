@@ -58,13 +58,22 @@ func TestDeliverDeadDestinationIsNotRedialled(t *testing.T) {
 			t.Errorf("%s: state %v, want deferred", id, r.State)
 		}
 	}
-	// The backoff ends: one probe finds the hosts back, then the rest goes.
+	// The backoff ends: one probe (one session per host) finds them still
+	// down; the other four are deferred again without dialling.
+	w.retry(20 * time.Minute)
+	for _, id := range ids {
+		w.waitAttempts(id, 0, 2)
+	}
+	if a, b := mx1.Connections(), mx2.Connections(); a != 2 || b != 2 {
+		t.Errorf("connections %d, %d after the probe: want one more each", a, b)
+	}
+	// The next probe finds them back, then the rest goes.
 	for _, h := range []*peer.Host{mx1, mx2} {
 		if err := h.SetBehaviour(peer.Behaviour{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	w.retry(20 * time.Minute)
+	w.retry(time.Hour)
 	for _, id := range ids {
 		w.waitStates(id, spool.Delivered)
 	}
@@ -123,4 +132,44 @@ mx.sender.test. 300 IN A 127.0.0.4
 	if d := string(sender.Messages()[0].Data); !contains(d, "Action: failed", "Status: 5.2.0", "Diagnostic-Code: smtp; 450 4.2.0 not now") {
 		t.Errorf("DSN:\n%s", d)
 	}
+}
+
+func TestDeliverBoundedQueues(t *testing.T) {
+	w := newWorld(t, setup{zone: oneMXZone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}}, noStart: true,
+		cfg: func(c *delivery.Config) { c.ActiveEntries, c.DestinationEntries = 4, 4 }})
+	var ids []string
+	for range 20 {
+		ids = append(ids, w.send("s@sender.test", []string{"x@example.test"}, body7))
+	}
+	w.start()
+	for _, id := range ids {
+		w.waitStates(id, spool.Delivered)
+	}
+}
+
+func TestDeliverSlowDestinationDoesNotBlockOthers(t *testing.T) {
+	zone := `
+slow.test. 300 IN MX 10 mx.slow.test.
+mx.slow.test. 300 IN A 127.0.0.3
+` + oneMXZone
+	w := newWorld(t, setup{zone: zone, noStart: true,
+		hosts: map[string]peer.Behaviour{"127.0.0.2": {}, "127.0.0.3": {Hang: peer.HangDot}},
+		cfg: func(c *delivery.Config) {
+			c.ActiveEntries, c.DestinationEntries = 4, 2
+			c.Timeouts.FinalDot = time.Minute // the slow host holds its slots
+		}})
+	for range 5 {
+		w.send("s@sender.test", []string{"x@slow.test"}, body7)
+	}
+	var fast []string
+	for range 3 {
+		fast = append(fast, w.send("s@sender.test", []string{"y@example.test"}, body7))
+	}
+	w.start()
+	for _, id := range fast {
+		w.waitStates(id, spool.Delivered)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	_ = w.sched.Shutdown(ctx) // the slow host still holds its attempts: cut them off
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
@@ -93,7 +94,7 @@ func (e *Scheduler) open(ctx context.Context, t target) (*session, *AttemptError
 	}
 	s.dc.setPhase(phaseGreeting, e.cfg.Timeouts.Greeting)
 	s.dc.thenOnWrite(phaseEHLO, e.cfg.Timeouts.Command)
-	s.c = e.newClient(nc)
+	s.c = e.newClient(nc, t)
 	if err := s.c.Hello(e.cfg.Hostname); err != nil {
 		phase := s.dc.currentPhase()
 		e.closeSession(s)
@@ -112,11 +113,52 @@ func (e *Scheduler) open(ctx context.Context, t target) (*session, *AttemptError
 	return s, nil
 }
 
-func (e *Scheduler) newClient(nc net.Conn) *smtp.Client {
+func (e *Scheduler) newClient(nc net.Conn, t target) *smtp.Client {
 	c := smtp.NewClient(nc)
 	c.CommandTimeout = e.cfg.Timeouts.Command
 	c.SubmissionTimeout = e.cfg.Timeouts.FinalDot
+	if e.log.Enabled(context.Background(), LevelTrace) {
+		c.DebugWriter = &transcript{log: e.log, host: t.host, ip: t.ip.String(), body: -1}
+	}
 	return c
+}
+
+// LevelTrace is the slog level of SMTP transcripts (below Debug).
+const LevelTrace = slog.Level(-8)
+
+// transcript logs what go-smtp's client reads and writes, at LevelTrace.
+// The AUTH exchange is left out (quiet) and the message body is logged as
+// its size: from the 354 reply to the final dot.
+type transcript struct {
+	log      *slog.Logger
+	host, ip string
+	body     int // octets of body seen; -1 outside DATA
+}
+
+func (t *transcript) Write(p []byte) (int, error) {
+	s := string(p)
+	switch {
+	case t.body >= 0:
+		t.body += len(p)
+		if !strings.HasSuffix(s, "\r\n.\r\n") && s != ".\r\n" {
+			return len(p), nil
+		}
+		s = fmt.Sprintf("[message body, %d octets, and the final dot]", t.body)
+		t.body = -1
+	case strings.HasPrefix(s, "354"):
+		t.body = 0
+	}
+	t.log.Log(context.Background(), LevelTrace, "smtp transcript", "mx", t.host, "ip", t.ip,
+		"line", strings.TrimRight(s, "\r\n"))
+	return len(p), nil
+}
+
+// quiet runs f without a transcript.
+func quiet(c *smtp.Client, f func() error) error {
+	w := c.DebugWriter
+	c.DebugWriter = nil
+	defer func() { c.DebugWriter = w }()
+	return f()
 }
 
 // secure runs STARTTLS as the policy says, then AUTH when configured.
@@ -181,7 +223,7 @@ func (e *Scheduler) startTLS(ctx context.Context, s *session) *AttemptError {
 		return ae
 	}
 	s.tls, s.verified = e.verdict(tc.ConnectionState(), t.serverName())
-	s.c = e.newClient(&preface{Conn: tc, pre: []byte("220 TLS started\r\n")})
+	s.c = e.newClient(&preface{Conn: tc, pre: []byte("220 TLS started\r\n")}, t)
 	s.dc.setPhase(phaseEHLO, e.cfg.Timeouts.Command)
 	if err := s.c.Hello(e.cfg.Hostname); err != nil {
 		return fail(err, phaseEHLO)
@@ -195,11 +237,17 @@ func rawCommand(c net.Conn, cmd string) (int, string, error) {
 	if _, err := io.WriteString(c, cmd+"\r\n"); err != nil {
 		return 0, "", err
 	}
+	return readReply(c)
+}
+
+// readReply reads one SMTP reply (RFC 5321 §4.2), single or multi-line,
+// reading r one byte at a time.
+func readReply(r io.Reader) (int, string, error) {
 	var text []string
 	line := make([]byte, 0, 128)
 	one := make([]byte, 1)
-	for {
-		if _, err := c.Read(one); err != nil {
+	for lines := 0; lines < 100; {
+		if _, err := io.ReadFull(r, one); err != nil {
 			return 0, "", err
 		}
 		if one[0] != '\n' {
@@ -209,10 +257,11 @@ func rawCommand(c net.Conn, cmd string) (int, string, error) {
 			line = append(line, one[0])
 			continue
 		}
+		lines++
 		l := strings.TrimRight(string(line), "\r")
 		line = line[:0]
 		code, err := strconv.Atoi(l[:min(3, len(l))])
-		if err != nil || len(l) < 3 {
+		if err != nil || len(l) < 3 || code < 100 || code > 599 || (len(l) > 3 && l[3] != ' ' && l[3] != '-') {
 			return 0, "", fmt.Errorf("malformed reply %q", l)
 		}
 		if len(l) > 4 {
@@ -222,6 +271,7 @@ func rawCommand(c net.Conn, cmd string) (int, string, error) {
 			return code, strings.Join(text, " "), nil
 		}
 	}
+	return 0, "", errors.New("reply has too many lines")
 }
 
 // authenticate logs in with PLAIN or LOGIN, never over plain text. Its
@@ -246,7 +296,7 @@ func (e *Scheduler) authenticate(s *session) *AttemptError {
 		return ae
 	}
 	s.dc.setPhase(phaseAuth, e.cfg.Timeouts.Command)
-	if err := s.c.Auth(mech); err != nil {
+	if err := quiet(s.c, func() error { return s.c.Auth(mech) }); err != nil {
 		ae := classify(err, phaseAuth, t.host, t.ip.String())
 		ae.Permanent = false
 		return ae

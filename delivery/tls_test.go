@@ -1,6 +1,7 @@
 package delivery_test
 
 import (
+	"log/slog"
 	"strconv"
 	"strings"
 	"testing"
@@ -134,6 +135,11 @@ func TestDeliverRelayhostAuthOverVerifiedTLS(t *testing.T) {
 	if n := len(h.Messages()); n != 1 {
 		t.Errorf("relay got %d transactions, want 1 for both domains", n)
 	}
+	logs := w.logs.String()
+	if !strings.Contains(logs, `line="EHLO `+ourHost+`"`) || strings.Contains(logs, "AG1lAHNlY3JldA") || strings.Contains(logs, `line="AUTH`) ||
+		strings.Contains(logs, "Hello there") {
+		t.Errorf("trace transcript should show EHLO and hide AUTH and the body:\n%s", logs)
+	}
 }
 
 // relayWorld is a second scheduler on w's spool, sending through the
@@ -146,6 +152,7 @@ func relayWorld(t *testing.T, w *world, c *selfsigned.Cert) *world {
 		Auth:  &delivery.Auth{Username: "me", Password: "secret"},
 	}}
 	cfg.RootCAs = c.Pool()
+	cfg.Logger = slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: delivery.LevelTrace}))
 	return w.replace(cfg)
 }
 
@@ -168,5 +175,27 @@ func TestDeliverNoAuthWithoutTLS(t *testing.T) {
 		if s.AuthAttempts != 0 {
 			t.Errorf("AUTH was sent over plain text")
 		}
+	}
+}
+
+func TestDeliverRouteImplicitTLSOn465(t *testing.T) {
+	c := cert(t, "smtps.test")
+	h, err := peer.Listen("127.0.0.6:465", peer.Behaviour{Cert: &c.TLS, ImplicitTLS: true})
+	if err != nil {
+		t.Skipf("cannot listen on port 465 here: %v", err)
+	}
+	t.Cleanup(func() { _ = h.Close() })
+	w := newWorld(t, setup{zone: "smtps.test. 300 IN A 127.0.0.6\n", noStart: true})
+	cfg := w.cfg
+	cfg.RootCAs = c.Pool()
+	cfg.Routes = map[string]delivery.NextHop{"example.test": {Hosts: []string{"[smtps.test]:465"}}}
+	w = w.replace(cfg)
+	id := w.send("s@sender.test", []string{"x@example.test"}, body7)
+	m := w.waitStates(id, spool.Delivered)
+	if a := lastAttempt(&m.Envelope.Recipients[0]); a.TLS != "TLS1.3 verified" || a.Host != "smtps.test" {
+		t.Errorf("attempt %+v, want verified implicit TLS to smtps.test", a)
+	}
+	if s := h.Sessions()[0]; !s.TLS || s.ServerName != "smtps.test" {
+		t.Errorf("session %+v", s)
 	}
 }

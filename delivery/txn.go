@@ -8,6 +8,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"mta/internal/mailaddr"
 	"mta/spool"
 )
 
@@ -18,7 +19,7 @@ func (a *attempt) transaction(s *session, batch []int) (retry, unresolved []int,
 	env := &a.j.msg.Envelope
 	cls := func(err error, phase string) *AttemptError { return classify(err, phase, s.t.host, s.t.ip.String()) }
 	s.dc.setPhase(phaseMail, a.e.cfg.Timeouts.Command)
-	if err := s.c.Mail(env.Sender, a.mailOptions(s)); err != nil {
+	if err := s.c.Mail(wireAddr(env.Sender), a.mailOptions(s)); err != nil {
 		ae := cls(err, phaseMail)
 		if ae.Code >= 500 {
 			for _, r := range batch {
@@ -32,7 +33,7 @@ func (a *attempt) transaction(s *session, batch []int) (retry, unresolved []int,
 	var tooMany []*AttemptError
 	for i, r := range batch {
 		s.dc.setPhase(phaseRcpt, a.e.cfg.Timeouts.Command)
-		err := s.c.Rcpt(env.Recipients[r].Addr, rcptOptions(&env.Recipients[r]))
+		err := s.c.Rcpt(wireAddr(env.Recipients[r].Addr), rcptOptions(&env.Recipients[r]))
 		if err == nil {
 			accepted = append(accepted, r)
 			continue
@@ -175,6 +176,18 @@ func rcptOptions(r *spool.Recipient) *smtp.RcptOptions {
 		}
 	}
 	return o
+}
+
+// wireAddr is an address as sent: its domain as an A-label, so an IDN
+// domain with an ASCII local part needs no SMTPUTF8.
+func wireAddr(addr string) string {
+	if addr == "" {
+		return ""
+	}
+	if a, err := mailaddr.Parse(addr); err == nil {
+		return a.String()
+	}
+	return addr
 }
 
 func printableASCII(s string) bool {

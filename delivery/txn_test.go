@@ -159,3 +159,52 @@ mx.other.test. 300 IN A 127.0.0.2
 		t.Errorf("stuck recipient %v, attempt %+v", r.State, a)
 	}
 }
+
+func TestDeliverBodyNeeds(t *testing.T) {
+	body8 := "Subject: caf\xc3\xa9\r\n\r\nna\xc3\xafve\r\n"
+	no8 := peer.Behaviour{No8BitMIME: true}
+	noUTF8 := peer.Behaviour{NoSMTPUTF8: true}
+	small := peer.Behaviour{MaxSizeBytes: 10}
+	tests := []struct {
+		name     string
+		mx1, mx2 peer.Behaviour
+		sender   string
+		body     string
+		want     spool.State
+		enhanced string // of the failure
+		via      string // host that took it
+	}{
+		{"8bit_next_MX_has_8BITMIME", no8, peer.Behaviour{}, "s@sender.test", body8, spool.Delivered, "", "mx2.example.test"},
+		{"8bit_nobody_has_8BITMIME", no8, no8, "s@sender.test", body8, spool.Failed, "5.6.3", ""},
+		{"7bit_needs_no_8BITMIME", no8, no8, "s@sender.test", body7, spool.Delivered, "", "mx1.example.test"},
+		{"utf8_nobody_has_SMTPUTF8", noUTF8, noUTF8, "dörte@sender.test", body7, spool.Failed, "5.6.7", ""},
+		{"too_big_for_every_SIZE", small, small, "s@sender.test", body7, spool.Failed, "5.3.4", ""},
+		{"best_MX_down_next_lacks_8BITMIME_defers", peer.Behaviour{Refuse: true}, no8, "s@sender.test", body8, spool.Deferred, "4.4.1", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, setup{zone: basicZone, hosts: map[string]peer.Behaviour{"127.0.0.2": tc.mx1, "127.0.0.3": tc.mx2}})
+			id := w.send(tc.sender, []string{"x@example.test"}, tc.body, func(e *spool.Envelope) {
+				e.SMTPUTF8 = tc.sender != "s@sender.test"
+			})
+			r := w.waitAttempts(id, 0, 1)
+			a := lastAttempt(r)
+			if r.State != tc.want {
+				t.Fatalf("state %v (attempt %+v), want %v", r.State, a, tc.want)
+			}
+			if tc.enhanced != "" && a.Enhanced != tc.enhanced {
+				t.Errorf("enhanced %q (attempt %+v), want %s", a.Enhanced, a, tc.enhanced)
+			}
+			if tc.via != "" && a.Host != tc.via {
+				t.Errorf("delivered through %q, want %s", a.Host, tc.via)
+			}
+			for _, h := range w.hosts {
+				for _, m := range h.Messages() {
+					if string(m.Data) != tc.body {
+						t.Errorf("stored bytes changed on the way")
+					}
+				}
+			}
+		})
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"mta/delivery"
+	"mta/internal/mailaddr"
 	"mta/internal/peer"
 	"mta/internal/testpeer"
 	"mta/resolver"
@@ -89,6 +90,8 @@ type setup struct {
 	zone  string
 	hosts map[string]peer.Behaviour // by IP
 	cfg   func(*delivery.Config)
+	// aliases rewrite DSN recipients in local domains.
+	aliases *mailaddr.Aliases
 	// noStart leaves Run to the test.
 	noStart bool
 }
@@ -109,7 +112,7 @@ func newWorld(t testing.TB, s setup) *world {
 	sched := w.kick
 	w.sp, err = spool.Open(t.TempDir(), spool.Options{
 		Now:    w.clock.now,
-		Bounce: delivery.Bouncer(delivery.DSNConfig{Hostname: ourHost, Now: w.clock.now}),
+		Bounce: delivery.Bouncer(delivery.DSNConfig{Hostname: ourHost, Now: w.clock.now, Aliases: s.aliases}),
 		OnDue: func() {
 			if s := sched.Load(); s != nil {
 				s.Kick()
@@ -125,6 +128,7 @@ func newWorld(t testing.TB, s setup) *world {
 			StartTLS: 5 * time.Second, DataInit: 5 * time.Second, DataBlock: 5 * time.Second, FinalDot: 5 * time.Second},
 		Backoff:  delivery.Backoff{Jitter: func() float64 { return 0.5 }},
 		Now:      w.clock.now,
+		Aliases:  s.aliases,
 		Logger:   slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Observer: w.obs,
 	}
@@ -243,28 +247,6 @@ func (w *world) waitAttempts(id string, rcpt, n int) *spool.Recipient {
 func (w *world) retry(d time.Duration) {
 	w.clock.advance(d)
 	w.sched.Kick()
-}
-
-// dsnsTo returns the DSNs in the spool addressed to rcpt (live or retired).
-func (w *world) dsnsTo(rcpt string) []spool.Message {
-	w.t.Helper()
-	var out []spool.Message
-	after := ""
-	for {
-		page, next, err := w.sp.List(context.Background(), spool.Filter{}, after, 100)
-		if err != nil {
-			w.t.Fatalf("list: %v", err)
-		}
-		for _, m := range page {
-			if m.Envelope.DSN && m.Envelope.Recipients[0].Addr == rcpt {
-				out = append(out, m)
-			}
-		}
-		if next == "" {
-			return out
-		}
-		after = next
-	}
 }
 
 func lastAttempt(r *spool.Recipient) spool.Attempt {

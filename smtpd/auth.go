@@ -35,12 +35,15 @@ func newAuthenticator(s *Server) *authenticator {
 // setDummy makes the hash compared for unknown logins, with the cost of
 // the users' own hashes so both take the same time.
 func (a *authenticator) setDummy(u *Users) {
-	cost := bcrypt.DefaultCost
+	cost := 0
 	for _, usr := range u.List() {
 		if c, err := bcrypt.Cost([]byte(usr.Hash)); err == nil {
 			cost = c
 			break
 		}
+	}
+	if cost == 0 {
+		return // no users: no timing to hide, and nobody can log in
 	}
 	if old := a.dummy.Load(); old != nil {
 		if c, err := bcrypt.Cost(*old); err == nil && c == cost {

@@ -5,11 +5,21 @@ import (
 	"crypto"
 	"crypto/tls"
 	"log/slog"
+	"net"
 	"net/netip"
 	"time"
 
 	"mta/spool"
 )
+
+// LocalConn is a connection on a Local listener whose submitter the
+// daemon knows by other means than SO_PEERCRED: a maildrop file's owner.
+// Handing one to a Local listener runs it through the same intake as the
+// submit socket.
+type LocalConn struct {
+	net.Conn
+	UID int
+}
 
 // Kind is the role of a listener.
 type Kind int

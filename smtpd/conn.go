@@ -22,6 +22,15 @@ type listener struct {
 	// handoff receives the connections that completed STARTTLS; nil when
 	// this listener offers no STARTTLS.
 	handoff *handoffListener
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Close closes the socket once; Shutdown and go-smtp both close it.
+func (l *listener) Close() error {
+	l.closeOnce.Do(func() { l.closeErr = l.Listener.Close() })
+	return l.closeErr
 }
 
 func (l *listener) Accept() (net.Conn, error) {
@@ -142,7 +151,8 @@ type conn struct {
 	esmtp        bool      // the client said EHLO, not HELO
 	wbuf         []byte
 
-	killed atomic.Bool // a hook panicked: end the connection
+	killed      atomic.Bool // a hook panicked: end the connection
+	killWritten bool        // the reply after the panic went out; drop the rest
 
 	mu      sync.Mutex // guards what Shutdown and Close touch
 	handoff bool       // STARTTLS was accepted; go-smtp's session on this is over
@@ -182,6 +192,15 @@ func (c *conn) Read(p []byte) (int, error) {
 func (c *conn) Write(p []byte) (int, error) {
 	if err := c.handshake(); err != nil {
 		return 0, err
+	}
+	if c.killed.Load() {
+		// After a panic only the hook's 421 goes out; go-smtp may still
+		// answer commands it had buffered, and the client must not read
+		// those answers as if the session went on.
+		if c.killWritten {
+			return len(p), nil
+		}
+		c.killWritten = true
 	}
 	out := c.filter(p)
 	if len(out) > 0 {
@@ -240,6 +259,10 @@ func (c *conn) handshake() error {
 }
 
 func (c *conn) isTLS() bool { return c.tls != nil }
+
+// unusable: the session on this connection must not take commands any
+// more (STARTTLS handed it over, or a hook panicked).
+func (c *conn) unusable() bool { return c.killed.Load() || c.handedOff() }
 
 func (c *conn) handedOff() bool {
 	c.mu.Lock()

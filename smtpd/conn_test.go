@@ -8,9 +8,11 @@ import (
 	"net/netip"
 	"os"
 	"os/user"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -314,4 +316,111 @@ func mustListen(t *testing.T) net.Listener {
 	}
 	t.Cleanup(func() { ln.Close() })
 	return ln
+}
+
+func TestDataConcurrency(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.Limits.DataConcurrency = 1 })
+	first := ts.session(Relay)
+	first.write("MAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+	for _, w := range []string{"250 ", "250 ", "354 "} {
+		first.expect(w)
+	}
+	first.write("Subject: slow\r\n\r\nstill sending")
+	eventually(t, "the first DATA phase", func() bool { return ts.srv.data.Load() == 1 })
+	second := ts.dial(Relay, "")
+	_, err := send(second, "a@example.test", nil, []string{"b@example.test"}, "Subject: x\r\n\r\nx\r\n")
+	wantCode(t, err, 451, "4.3.2")
+	first.write("\r\n.\r\n")
+	first.expect("250 2.0.0 Ok: queued as ")
+	mustSend(t, second, "a@example.test", []string{"b@example.test"}, "Subject: x\r\n\r\nx\r\n")
+}
+
+func TestHELOProtocol(t *testing.T) {
+	ts := startServer(t)
+	s := ts.raw(Relay, "")
+	s.write("HELO old.test\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+	for _, w := range []string{"250 ", "250 ", "250 ", "354 "} {
+		s.expect(w)
+	}
+	s.write("Subject: x\r\n\r\nx\r\n.\r\n")
+	lines := s.expect("250 2.0.0 Ok: queued as ")
+	id := queuedRe.FindStringSubmatch(lines[0])[1]
+	_, body := ts.stored(id)
+	if !strings.HasPrefix(body, "Received: from old.test (unknown [127.0.0.1])\r\n\tby mx.test (mta) with SMTP id "+id) {
+		t.Errorf("Received field:\n%s", body)
+	}
+	s2 := ts.raw(Relay, "")
+	s2.write("EHLO client.test\r\nSTARTTLS\r\n")
+	s2.expect("250 ")
+	s2.expect("220 ")
+	s2.startTLS(ts)
+	s2.write("EHLO client.test\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+	for _, w := range []string{"250 ", "250 ", "250 ", "354 "} {
+		s2.expect(w)
+	}
+	s2.write("Subject: x\r\n\r\nx\r\n.\r\n")
+	lines = s2.expect("250 2.0.0 Ok: queued as ")
+	_, body = ts.stored(queuedRe.FindStringSubmatch(lines[0])[1])
+	if !strings.Contains(body, "with ESMTPS id") {
+		t.Errorf("relay over STARTTLS:\n%s", body)
+	}
+}
+
+// panicky is an Observer whose first MessageAccepted panics inside the
+// DATA hook.
+type panicky struct {
+	*countingObserver
+	done *atomic.Bool
+}
+
+func (p panicky) MessageAccepted(string, int64, int) {
+	if !p.done.Swap(true) {
+		panic("observer bug")
+	}
+}
+
+func TestPanicRecovered(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.Observer = panicky{c.Observer.(*countingObserver), new(atomic.Bool)} })
+	s := ts.session(Relay)
+	s.write("MAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\n")
+	for _, w := range []string{"250 ", "250 ", "354 "} {
+		s.expect(w)
+	}
+	s.write("Subject: x\r\n\r\nx\r\n.\r\nNOOP\r\n")
+	s.expect("421 4.3.0")
+	s.closed()
+	if n := ts.obs.get(func() int { return ts.obs.panics }); n != 1 {
+		t.Errorf("%d panics counted, want 1", n)
+	}
+	ts.obs.do(func() { ts.obs.panics = 0 }) // expected here; the cleanup check is for the others
+	mustSend(t, ts.dial(Relay, ""), "a@example.test", []string{"b@example.test"}, "Subject: x\r\n\r\nx\r\n")
+}
+
+// TestShutdownRacingServe: Serve returns after a Shutdown that ran before
+// its accept loop started.
+func TestShutdownRacingServe(t *testing.T) {
+	ts := startServer(t)
+	for i := range 20 {
+		srv, err := New(Config{Hostname: testHost, Spool: ts.spool, TLS: ts.srv.tls})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln := mustListen(t)
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(ln, Submission) }()
+		if i%2 == 0 {
+			runtime.Gosched()
+		}
+		if err := srv.Shutdown(context.Background()); err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+		select {
+		case err := <-served:
+			if !errors.Is(err, ErrServerClosed) {
+				t.Fatalf("Serve: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Serve did not return after Shutdown")
+		}
+	}
 }

@@ -22,8 +22,9 @@ const (
 	maxHeaderBytes = 256 << 10
 	// enqueueTimeout bounds the wait for the spool's commit.
 	enqueueTimeout = 2 * time.Minute
-	// writeBufferBytes batches lines into the spool's body writer.
-	writeBufferBytes = 64 << 10
+	// writeBufferBytes batches lines into the DKIM signer and the spill
+	// file.
+	writeBufferBytes = 16 << 10
 )
 
 func (s *session) Data(r io.Reader) (err error) {
@@ -34,7 +35,7 @@ func (s *session) Data(r io.Reader) (err error) {
 		// it announced, so its payload never runs as commands.
 		return s.refuse("data", errBDAT, "BDAT without CHUNKING")
 	}
-	if s.c.handedOff() || !s.tx.Load() || len(s.rcpts) == 0 {
+	if s.c.unusable() || !s.tx.Load() || len(s.rcpts) == 0 {
 		return errBadSequence
 	}
 	defer s.resetTx()
@@ -153,19 +154,13 @@ func (s *session) envelope(h *header, now time.Time, has8bit bool) *spool.Envelo
 }
 
 // writePlain streams the fixed header and the rest of the message into the
-// spool as it arrives.
+// spool as it arrives. The BodyWriter buffers by itself, so each line goes
+// straight to it.
 func writePlain(bw *spool.BodyWriter, head []byte, lr *lineReader) error {
-	w := bufio.NewWriterSize(bw, writeBufferBytes)
-	if _, err := w.Write(head); err != nil {
+	if _, err := bw.Write(head); err != nil {
 		return &spoolWriteError{err}
 	}
-	if err := copyLines(w, lr); err != nil {
-		return err
-	}
-	if err := w.Flush(); err != nil {
-		return &spoolWriteError{err}
-	}
-	return nil
+	return copyLines(bw, lr)
 }
 
 // copyLines writes the remaining lines of lr to w. A write error comes

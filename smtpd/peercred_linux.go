@@ -11,6 +11,9 @@ import (
 // peerUID is the uid of the process at the other end of a unix socket
 // (SO_PEERCRED, fixed when it connected).
 func peerUID(c net.Conn) (int, error) {
+	if lc, ok := c.(*LocalConn); ok {
+		return lc.UID, nil
+	}
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
 		return -1, errors.New("not a unix socket")

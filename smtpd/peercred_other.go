@@ -9,6 +9,9 @@ import (
 
 // peerUID needs SO_PEERCRED, which only Linux has; elsewhere the local
 // socket refuses every client.
-func peerUID(net.Conn) (int, error) {
+func peerUID(c net.Conn) (int, error) {
+	if lc, ok := c.(*LocalConn); ok {
+		return lc.UID, nil
+	}
 	return -1, errors.New("peer credentials are only supported on Linux")
 }

@@ -33,15 +33,15 @@ type Server struct {
 	now      func() time.Time
 	timeouts Timeouts
 	trusted  []netip.Prefix
-	local    map[string]bool // LocalDomains, normalised
 	origin   string
 	tls      *tls.Config
 	dkim     map[string]DKIMKey
 	trustUID map[int]bool
 
-	users   atomic.Pointer[Users]
-	limits  atomic.Pointer[Limits]
-	aliases atomic.Pointer[aliasTable]
+	users        atomic.Pointer[Users]
+	limits       atomic.Pointer[Limits]
+	aliases      atomic.Pointer[mailaddr.Aliases]
+	localDomains []string
 
 	auth  *authenticator
 	rates *rateTable
@@ -49,12 +49,13 @@ type Server struct {
 
 	closing atomic.Bool
 
-	mu       sync.Mutex
-	servers  []*smtp.Server
-	conns    map[*conn]struct{}
-	perIP    map[netip.Addr]int
-	total    int
-	handoffs []*handoffListener
+	mu        sync.Mutex
+	servers   []*smtp.Server
+	listeners []*listener
+	conns     map[*conn]struct{}
+	perIP     map[netip.Addr]int
+	total     int
+	handoffs  []*handoffListener
 }
 
 // New checks cfg and returns a Server.
@@ -72,7 +73,6 @@ func New(cfg Config) (*Server, error) {
 		now:      cfg.Now,
 		timeouts: cfg.Timeouts.withDefaults(),
 		trusted:  cfg.TrustedNetworks,
-		local:    map[string]bool{},
 		origin:   cfg.MyOrigin,
 		conns:    map[*conn]struct{}{},
 		perIP:    map[netip.Addr]int{},
@@ -99,13 +99,8 @@ func New(cfg Config) (*Server, error) {
 }
 
 func (s *Server) setup(cfg Config) error {
-	for _, d := range cfg.LocalDomains {
-		n, err := mailaddr.NormalizeDomain(d)
-		if err != nil {
-			return fmt.Errorf("smtpd: local domain: %w", err)
-		}
-		s.local[n] = true
-	}
+	// SetAliases below checks the local domains.
+	s.localDomains = cfg.LocalDomains
 	if cfg.TLS != nil {
 		s.tls = cfg.TLS.Clone()
 		if s.tls.MinVersion < tls.VersionTLS12 {
@@ -152,7 +147,7 @@ func (s *Server) SetLimits(l Limits) {
 // SetAliases replaces the aliases; it fails, changing nothing, when an
 // alias is malformed.
 func (s *Server) SetAliases(aliases map[string][]string) error {
-	t, err := newAliasTable(aliases)
+	t, err := mailaddr.NewAliases(aliases, s.localDomains)
 	if err != nil {
 		return fmt.Errorf("smtpd: %w", err)
 	}
@@ -178,6 +173,7 @@ func (s *Server) Serve(ln net.Listener, kind Kind) error {
 		return ErrServerClosed
 	}
 	s.servers = append(s.servers, main)
+	s.listeners = append(s.listeners, l)
 	if s.tls != nil && (kind == Relay || kind == Submission) {
 		l.handoff = newHandoffListener(ln.Addr())
 		s.handoffs = append(s.handoffs, l.handoff)
@@ -227,7 +223,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		conns = append(conns, c)
 	}
 	handoffs := s.handoffs
+	listeners := s.listeners
 	s.mu.Unlock()
+	// Closed here too, not only by go-smtp: a Serve that registered but
+	// has not reached go-smtp's accept loop yet must not start one.
+	for _, l := range listeners {
+		_ = l.Close() // errors are go-smtp's to report, from its own Close
+	}
+	for _, h := range handoffs {
+		_ = h.Close() // never fails
+	}
 	for _, c := range conns {
 		c.interruptIfIdle()
 	}
@@ -240,9 +245,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if err := <-errs; err != nil && !errors.Is(err, smtp.ErrServerClosed) && first == nil {
 			first = err
 		}
-	}
-	for _, h := range handoffs {
-		_ = h.Close() // already closed by its server's Shutdown in the usual case
 	}
 	if ctx.Err() != nil {
 		for _, srv := range servers {
@@ -262,8 +264,6 @@ func (s *Server) isTrusted(ip netip.Addr) bool {
 	}
 	return false
 }
-
-func (s *Server) isLocalDomain(d string) bool { return s.local[d] }
 
 func (s *Server) currentLimits() Limits { return *s.limits.Load() }
 

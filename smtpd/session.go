@@ -125,7 +125,7 @@ func (s *session) AuthMechanisms() []string {
 func (s *session) Auth(mech string) (_ sasl.Server, err error) {
 	defer s.recoverPanic(&err)
 	switch {
-	case s.c.handedOff():
+	case s.c.unusable():
 		return nil, errBadSequence
 	case !s.kind.submission():
 		return nil, errAuthNotOffered
@@ -159,7 +159,7 @@ func (s *session) login(login, password string) error {
 func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	defer s.recoverPanic(&err)
 	s.resetTx()
-	if s.c.handedOff() {
+	if s.c.unusable() {
 		return errBadSequence
 	}
 	lim := s.srv.currentLimits()
@@ -267,7 +267,7 @@ func parseMailbox(raw string) (mailaddr.Address, error) {
 
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 	defer s.recoverPanic(&err)
-	if s.c.handedOff() || !s.tx.Load() {
+	if s.c.unusable() || !s.tx.Load() {
 		return errBadSequence
 	}
 	a, err := s.parseAddr(to)

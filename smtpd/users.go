@@ -115,15 +115,33 @@ func NewUser(login, hash string, addresses []string) (*User, error) {
 	if _, err := bcrypt.Cost([]byte(hash)); err != nil || !strings.HasPrefix(hash, "$2") {
 		return nil, fmt.Errorf("user %q: not a bcrypt hash", login)
 	}
-	u := &User{Login: login, Hash: hash}
+	addrs, err := normalizeAddresses(login, addresses)
+	if err != nil {
+		return nil, err
+	}
+	return &User{Login: login, Hash: hash, Addresses: addrs}, nil
+}
+
+// CheckUser checks a login and its addresses without a password hash, so
+// a tool can refuse them before asking for the password.
+func CheckUser(login string, addresses []string) error {
+	if err := checkLogin(strings.TrimSpace(login)); err != nil {
+		return err
+	}
+	_, err := normalizeAddresses(login, addresses)
+	return err
+}
+
+func normalizeAddresses(login string, addresses []string) ([]string, error) {
+	var out []string
 	for _, a := range addresses {
 		n, err := normalizeOwned(strings.TrimSpace(a))
 		if err != nil {
 			return nil, fmt.Errorf("user %q: address %q: %w", login, a, err)
 		}
-		u.Addresses = append(u.Addresses, n)
+		out = append(out, n)
 	}
-	return u, nil
+	return out, nil
 }
 
 func checkLogin(login string) error {

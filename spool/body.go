@@ -2,6 +2,7 @@ package spool
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -11,8 +12,14 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// fileChunk is how much a file body buffers between writes.
-const fileChunk = 64 << 10
+// fileChunk is how much a file body buffers between writes; writeBehind
+// is how much written data may wait for the disk before Write waits for
+// it. Pacing a large body this way keeps its final fsync short, and keeps
+// the device queue short for the committer's fsyncs that run beside it.
+const (
+	fileChunk   = 64 << 10
+	writeBehind = 128 << 10
+)
 
 // BodyWriter receives a message body as it arrives. Up to
 // Options.InlineBodyBytes it buffers in memory; past that it streams to a
@@ -24,6 +31,8 @@ type BodyWriter struct {
 	buf     []byte
 	f       *os.File // nil while the body fits inline
 	size    int64
+	flushed int64 // bytes written to the file
+	settled int64 // bytes known to be on disk (write-behind)
 	has8Bit bool
 	err     error // sticky: the first write failure
 	// synced: the file (if any) is complete, fsynced and closed.
@@ -77,7 +86,14 @@ func (w *BodyWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// has8Bit reports whether p has an octet above 127, eight at a time.
 func has8Bit(p []byte) bool {
+	for len(p) >= 8 {
+		if binary.LittleEndian.Uint64(p)&0x8080808080808080 != 0 {
+			return true
+		}
+		p = p[8:]
+	}
 	for _, c := range p {
 		if c >= 0x80 {
 			return true
@@ -102,13 +118,22 @@ func (w *BodyWriter) spill() error {
 	return nil
 }
 
-// flush writes the buffer to the file.
+// flush writes the buffer to the file and starts its writeback; once more
+// than writeBehind is in flight, it waits for the older part.
 func (w *BodyWriter) flush() error {
 	if _, err := w.f.Write(w.buf); err != nil {
 		w.err = ioError("write body file", err)
 		return w.err
 	}
+	if !w.s.opts.UnsafeNoSync {
+		startWriteback(w.f, w.flushed, int64(len(w.buf)))
+	}
+	w.flushed += int64(len(w.buf))
 	w.buf = w.buf[:0]
+	if !w.s.opts.UnsafeNoSync && w.flushed-w.settled > writeBehind {
+		waitWriteback(w.f, w.settled, w.flushed-writeBehind/2-w.settled)
+		w.settled = w.flushed - writeBehind/2
+	}
 	return nil
 }
 

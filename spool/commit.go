@@ -211,7 +211,15 @@ type txn struct {
 	stale       []rkey            // results it ignored, logged after the commit
 }
 
+// appendFill is the page fill for buckets whose keys are mostly added at
+// the end (message IDs and due times grow with time): bbolt's default of
+// one half would leave every page of them half empty.
+const appendFill = 0.9
+
 func newTxn(s *Spool, tx *bolt.Tx, b bk) *txn {
+	for _, bucket := range []*bolt.Bucket{b.msgs, b.rcpts, b.attempts, b.bodies, b.due, b.retired, b.retiredAt} {
+		bucket.FillPercent = appendFill
+	}
 	return &txn{bk: b, s: s, tx: tx, now: s.now(), domain: make(map[string]*[3]int64), claims: make(map[rkey]struct{})}
 }
 

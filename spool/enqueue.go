@@ -16,6 +16,8 @@ import (
 // the caller's env is not modified. Errors: ErrInvalid (bad id, envelope or
 // writer), ErrDuplicate, ErrTooBig, ErrNoSpace, ErrClosed or a storage
 // error; on any error nothing is stored and the caller should Abort body.
+// ctx is checked before the commit is asked for; once asked, Enqueue waits
+// for its outcome, so that nil always means stored and an error not stored.
 func (s *Spool) Enqueue(ctx context.Context, id string, env *Envelope, body *BodyWriter) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -56,7 +58,7 @@ func (s *Spool) Enqueue(ctx context.Context, id string, env *Envelope, body *Bod
 		return err
 	}
 	body.committed = true
-	s.log.Debug("enqueued", "msg_id", id, "rcpt", len(stored.Recipients), "size", stored.Size)
+	s.log.Debug("enqueued", "msg_id", id)
 	return nil
 }
 

@@ -3,6 +3,7 @@ package spool
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"syscall"
 
 	berrors "go.etcd.io/bbolt/errors"
@@ -54,8 +55,10 @@ func ioError(context string, err error) error {
 	if err == nil {
 		return nil
 	}
+	// bbolt formats some file errors with %s, losing the errno: match its
+	// text too.
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) ||
-		errors.Is(err, berrors.ErrMaxSizeReached) {
+		errors.Is(err, berrors.ErrMaxSizeReached) || strings.Contains(err.Error(), syscall.ENOSPC.Error()) {
 		return fmt.Errorf("%s: %w (%w)", context, ErrNoSpace, err)
 	}
 	if errors.Is(err, berrors.ErrDatabaseNotOpen) {

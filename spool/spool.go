@@ -182,29 +182,30 @@ func openDB(path string, noSync, readOnly bool) (db *bolt.DB, err error) {
 }
 
 // initSchema creates the buckets and version of a new file, or checks an
-// existing file's version and buckets.
+// existing file's version and buckets (in a read transaction: opening a
+// spool writes nothing).
 func initSchema(db *bolt.DB) (err error) {
 	defer catchFault(&err)
-	return db.Update(func(tx *bolt.Tx) error {
-		meta := tx.Bucket([]byte(bucketMeta))
-		if meta == nil {
-			empty := true
-			_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
-			if !empty {
-				return corrupt("bucket %q missing", bucketMeta)
+	empty := false
+	err = db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket([]byte(bucketMeta)) != nil {
+			if err := checkVersion(tx); err != nil {
+				return err
 			}
-			return createSchema(tx)
-		}
-		v, err := decodeVersion(meta.Get([]byte(keyVersion)))
-		if err != nil {
+			_, err := buckets(tx)
 			return err
 		}
-		if v != schemaVersion {
-			return fmt.Errorf("%w: file has %d, this binary knows %d", ErrVersion, v, schemaVersion)
+		empty = true
+		_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+		if !empty {
+			return corrupt("bucket %q missing", bucketMeta)
 		}
-		_, err = buckets(tx)
-		return err
+		return nil
 	})
+	if err != nil || !empty {
+		return err
+	}
+	return db.Update(createSchema)
 }
 
 func createSchema(tx *bolt.Tx) error {

@@ -3,11 +3,13 @@ package spool
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -342,4 +344,41 @@ func sortedIDs(tasks []Task) []string {
 	}
 	slices.Sort(ids)
 	return ids
+}
+
+func TestHas8Bit(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want bool
+	}{
+		{"", false},
+		{"plain ascii text, longer than eight bytes\r\n", false},
+		{"\x80", true},
+		{"0123456789abcde\xff", true},
+		{"caf\xc3\xa9", true},
+		{"01234567\x7f", false},
+	} {
+		if got := has8Bit([]byte(tc.in)); got != tc.want {
+			t.Errorf("has8Bit(%q) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestIOErrorMapsFullDisk(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"ENOSPC from a write", &os.PathError{Op: "write", Path: "spool.db", Err: syscall.ENOSPC}, ErrNoSpace},
+		{"quota exceeded", &os.PathError{Op: "write", Path: "spool.db", Err: syscall.EDQUOT}, ErrNoSpace},
+		{"errno lost in a message", fmt.Errorf("file resize error: %s", syscall.ENOSPC), ErrNoSpace},
+		{"other error", &os.PathError{Op: "write", Path: "spool.db", Err: syscall.EIO}, syscall.EIO},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := ioError("commit", tc.err); !errors.Is(err, tc.want) {
+				t.Errorf("ioError(%v) = %v, want %v", tc.err, err, tc.want)
+			}
+		})
+	}
 }

@@ -207,7 +207,7 @@ type Options struct {
 	// MaxMessageBytes refuses bodies larger than this (default 50 MiB).
 	MaxMessageBytes int64
 	// MinFreeBytes refuses enqueues when the file system has less free
-	// space than this (default 100 MiB).
+	// space than this (default 100 MiB; negative turns the check off).
 	MinFreeBytes int64
 	// InlineBodyBytes: bodies up to this size live in bbolt, larger ones in
 	// files (default 64 KiB).

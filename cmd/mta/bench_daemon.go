@@ -23,11 +23,6 @@ import (
 	"time"
 )
 
-// profileDirEnv, when set in the daemon's environment, makes `mta serve`
-// write profiles there on signals: SIGUSR1 starts a CPU profile, SIGUSR2
-// stops it and writes a heap profile (see profile.go).
-const profileDirEnv = "MTA_PROFILE_DIR"
-
 // daemonOptions shape the child daemon and its config.
 type daemonOptions struct {
 	Bin      string // the mta binary
@@ -52,9 +47,9 @@ type daemonOptions struct {
 	Env []string
 }
 
-// daemon is a running child daemon. SMTP and Metrics stay fixed across
+// childDaemon is a running child daemon. SMTP and Metrics stay fixed across
 // restarts on the same config.
-type daemon struct {
+type childDaemon struct {
 	opts    daemonOptions
 	Config  string // path of the config file
 	SMTP    string // relay listener, 127.0.0.1:port
@@ -71,7 +66,7 @@ type daemon struct {
 }
 
 // newDaemon writes the config (ports chosen now) without starting.
-func newDaemon(opts daemonOptions) (*daemon, error) {
+func newDaemon(opts daemonOptions) (*childDaemon, error) {
 	if opts.StateDir == "" {
 		opts.StateDir = filepath.Join(opts.Dir, "state")
 	}
@@ -82,7 +77,7 @@ func newDaemon(opts daemonOptions) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &daemon{opts: opts,
+	d := &childDaemon{opts: opts,
 		Config:  filepath.Join(opts.Dir, "mta.yaml"),
 		SMTP:    net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
 		Metrics: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1])),
@@ -105,7 +100,7 @@ func newDaemon(opts daemonOptions) (*daemon, error) {
 	return d, os.WriteFile(d.Config, []byte(cfg), 0o640)
 }
 
-func (d *daemon) configText() string {
+func (d *childDaemon) configText() string {
 	o := d.opts
 	var b strings.Builder
 	fmt.Fprintf(&b, "hostname: mta.%s\nstate_dir: %q\nruntime_dir: %q\n", benchZone, o.StateDir, filepath.Join(o.Dir, "run"))
@@ -156,7 +151,7 @@ func freePorts(n int) ([]int, error) {
 }
 
 // Start runs `mta serve` and returns once it greets on its SMTP listener.
-func (d *daemon) Start(ctx context.Context) error {
+func (d *childDaemon) Start(ctx context.Context) error {
 	f, err := os.OpenFile(d.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 	if err != nil {
 		return err
@@ -182,7 +177,7 @@ func (d *daemon) Start(ctx context.Context) error {
 
 // waitReady polls the SMTP listener for a 220 greeting, giving up when the
 // daemon exits or after 30 seconds.
-func (d *daemon) waitReady(ctx context.Context) error {
+func (d *childDaemon) waitReady(ctx context.Context) error {
 	deadline := time.Now().Add(30 * time.Second)
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -219,10 +214,10 @@ func greets(addr string) bool {
 }
 
 // PID is the running daemon's process id.
-func (d *daemon) PID() int { return d.cmd.Process.Pid }
+func (d *childDaemon) PID() int { return d.cmd.Process.Pid }
 
 // Kill ends the daemon with SIGKILL and waits for it.
-func (d *daemon) Kill() error {
+func (d *childDaemon) Kill() error {
 	if d.cmd == nil {
 		return nil
 	}
@@ -234,7 +229,7 @@ func (d *daemon) Kill() error {
 
 // Stop asks the daemon to drain with SIGTERM; after timeout it is killed.
 // The error says when it did not exit cleanly.
-func (d *daemon) Stop(timeout time.Duration) error {
+func (d *childDaemon) Stop(timeout time.Duration) error {
 	if d.cmd == nil {
 		return nil
 	}
@@ -254,7 +249,7 @@ func (d *daemon) Stop(timeout time.Duration) error {
 }
 
 // Signal sends sig to the running daemon.
-func (d *daemon) Signal(sig syscall.Signal) error {
+func (d *childDaemon) Signal(sig syscall.Signal) error {
 	if d.cmd == nil {
 		return errors.New("daemon not running")
 	}
@@ -262,7 +257,7 @@ func (d *daemon) Signal(sig syscall.Signal) error {
 }
 
 // LogTail is the last n bytes of the daemon's log.
-func (d *daemon) LogTail(n int) string {
+func (d *childDaemon) LogTail(n int) string {
 	b, err := os.ReadFile(d.LogPath)
 	if err != nil {
 		return ""

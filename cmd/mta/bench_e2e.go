@@ -60,7 +60,7 @@ func benchEndToEnd(ctx context.Context, o benchOptions, stdio Stdio) (*benchRepo
 
 // measure runs the (optional) prefill and the measured load against a
 // started daemon and fills r.
-func measure(ctx context.Context, o benchOptions, w *world, d *daemon, led *ledger, r *benchReport) error {
+func measure(ctx context.Context, o benchOptions, w *world, d *childDaemon, led *ledger, r *benchReport) error {
 	if o.prefill > 0 {
 		start := time.Now()
 		if err := prefill(ctx, o, d); err != nil {
@@ -119,7 +119,7 @@ func waitArrivals(ctx context.Context, led *ledger, want int) error {
 
 // prefill queues o.prefill messages to the defer domain, whose MX greets
 // with 421, and waits until the daemon has deferred them all.
-func prefill(ctx context.Context, o benchOptions, d *daemon) error {
+func prefill(ctx context.Context, o benchOptions, d *childDaemon) error {
 	led := newLedger(newBenchTag(), o.prefill, 1)
 	gopts := o.genOptions(d.SMTP, []string{deferDomain})
 	gopts.Messages, gopts.Rcpts, gopts.PerSession = o.prefill, 1, 100
@@ -144,7 +144,7 @@ func prefill(ctx context.Context, o benchOptions, d *daemon) error {
 
 // collectProfiles ends the daemon's CPU profile and waits for it to write
 // the heap profile.
-func collectProfiles(ctx context.Context, d *daemon, dir string) ([]string, error) {
+func collectProfiles(ctx context.Context, d *childDaemon, dir string) ([]string, error) {
 	if err := d.Signal(syscall.SIGUSR2); err != nil {
 		return nil, err
 	}
@@ -171,7 +171,7 @@ type sampler struct {
 
 type samplePeaks struct{ rss, heap, spool int64 }
 
-func startSampler(ctx context.Context, d *daemon, spoolDir string) *sampler {
+func startSampler(ctx context.Context, d *childDaemon, spoolDir string) *sampler {
 	ctx, cancel := context.WithCancel(ctx)
 	s := &sampler{cancel: cancel}
 	pid := d.PID()

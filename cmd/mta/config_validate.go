@@ -18,6 +18,11 @@ import (
 // /etc/resolv.conf.
 func Default() *Config {
 	host, _ := os.Hostname() // checked (FQDN, resolves, PTR) at start
+	if host != "" && !strings.Contains(host, ".") {
+		// Like Postfix: a dotless system name gets ".localdomain", so the
+		// EHLO is at least syntactically an FQDN; the start warns.
+		host += ".localdomain"
+	}
 	return &Config{
 		Hostname:    host,
 		TrustedNets: []string{"127.0.0.0/8", "::1/128"},

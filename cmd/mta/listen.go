@@ -60,8 +60,11 @@ func listenUnix(path string, mode os.FileMode, group string, log *slog.Logger) (
 		return nil, err
 	}
 	if group != "" {
-		if err := chgrp(path, group); err != nil {
-			log.Warn("admin socket keeps the daemon's group", "path", path, "group", group, "reason", err)
+		var unknown user.UnknownGroupError
+		if err := chgrp(path, group); errors.As(err, &unknown) {
+			log.Info("socket keeps the daemon's group: the admin group does not exist", "path", path, "group", group)
+		} else if err != nil {
+			log.Warn("socket keeps the daemon's group", "path", path, "group", group, "reason", err)
 		}
 	}
 	return ln, nil

@@ -112,7 +112,7 @@ func (m *metrics) serve(ctx context.Context, ln net.Listener, healthy func() err
 		defer cancel()
 		_ = srv.Shutdown(sctx) // best effort at exit
 	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 		log.Error("metrics server stopped", "err", err)
 	}
 }

@@ -18,6 +18,10 @@ import (
 	"syscall"
 )
 
+// profileDirEnv names the daemon's environment variable that turns the
+// profile signals on.
+const profileDirEnv = "MTA_PROFILE_DIR"
+
 const (
 	cpuProfileFile  = "cpu.pprof"
 	heapProfileFile = "heap.pprof"

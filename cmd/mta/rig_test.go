@@ -19,7 +19,7 @@ type rig struct {
 	t   *testing.T
 	led *ledger
 	w   *world
-	d   *daemon
+	d   *childDaemon
 }
 
 // rigOptions size a rig; Daemon's Bin, Dir, DNS and SinkPort are filled in.

@@ -62,9 +62,11 @@ func commands() []command {
 		{"dkim", "make a DKIM signing key and its DNS record", runDKIM},
 		{"queue", "list and manage the queue (through the daemon)", runQueue},
 		{"route", "show how mail to a domain is routed (MX, addresses, DNS trace)", runRoute},
+		{"serve", "run the daemon", runServe},
 		{"sendmail", "queue a message from standard input (sendmail-compatible)", runSendmail},
 		{"spool", "check or compact the spool of a stopped daemon", runSpool},
 		{"trace", "print the Received chain of a message as a table of hops", runTrace},
+		{"user", "manage the submission users file (add, passwd, del, list)", runUser},
 		{"version", "print the version", runVersion},
 	}
 }

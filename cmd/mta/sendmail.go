@@ -362,7 +362,14 @@ func submitOverSocket(ctx context.Context, paths []string, sub *submission) erro
 	if err != nil {
 		return err
 	}
+	return submitOverConn(ctx, conn, sub)
+}
+
+// submitOverConn runs one SMTP transaction for sub on conn and closes it.
+func submitOverConn(ctx context.Context, conn net.Conn, sub *submission) error {
 	_ = conn.SetDeadline(time.Now().Add(5 * time.Minute)) // a stuck daemon must not hang cron
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
 	c := smtp.NewClient(conn)
 	defer c.Close()
 	if err := c.Hello("localhost"); err != nil {

@@ -143,14 +143,26 @@ func NormalizeDomain(d string) (string, error) {
 		return normalizeLiteral(d)
 	}
 	d = strings.TrimSuffix(d, ".")
-	if d == "" || len(d) > MaxDomainOctets {
-		return "", fmt.Errorf("%w: empty or too long", ErrDomain)
+	if d == "" || len(d) > MaxDomainOctets || !utf8.ValidString(d) {
+		return "", fmt.Errorf("%w: empty, too long or not UTF-8", ErrDomain)
 	}
 	a, err := lookup.ToASCII(d)
 	if err != nil {
 		return "", fmt.Errorf("%w: %q: %v", ErrDomain, d, err)
 	}
 	a = strings.ToLower(a)
+	if len(a) > MaxDomainOctets {
+		return "", fmt.Errorf("%w: %q is too long", ErrDomain, d)
+	}
+	// A name whose A-label does not map back to itself (possible with
+	// malformed Punycode) would route differently on each pass: refuse it.
+	if strings.Contains(a, "xn--") {
+		if u, err := lookup.ToUnicode(a); err != nil {
+			return "", fmt.Errorf("%w: %q: %v", ErrDomain, d, err)
+		} else if back, err := lookup.ToASCII(u); err != nil || strings.ToLower(back) != a {
+			return "", fmt.Errorf("%w: %q has no stable A-label form", ErrDomain, d)
+		}
+	}
 	if !strings.Contains(a, ".") {
 		return "", fmt.Errorf("%w: %q has no dot", ErrDomain, d)
 	}

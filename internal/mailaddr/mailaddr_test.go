@@ -90,3 +90,19 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func FuzzNormalizeDomain(f *testing.F) {
+	for _, s := range []string{"Example.ORG.", "bücher.example", "0.\xc00", "[IPv6:::1]", "xn--bcher-kva.example", "a..b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := NormalizeDomain(s)
+		if err != nil {
+			return
+		}
+		again, err := NormalizeDomain(d)
+		if err != nil || again != d {
+			t.Fatalf("NormalizeDomain(%q) = %q, which normalises to %q, %v", s, d, again, err)
+		}
+	})
+}

@@ -10,6 +10,15 @@
 //     chased inside the zone), with per-name switches (SERVFAIL, silence,
 //     truncation over UDP, NXDOMAIN, NODATA, CNAME only), Hold for tests,
 //     and a bounded log of the queries received.
+//   - smtp.go, smtp_session.go: Host, an SMTP server on go-smtp for one
+//     address (127.0.0.x:port), run by a Behaviour script (accept; refuse
+//     connections; 4xx/5xx at greeting, MAIL, RCPT (all or per address),
+//     DATA; 452 past N recipients; slow replies; hangs; a peer that stops
+//     reading mid-DATA; a drop after the final dot; STARTTLS, broken TLS or
+//     implicit TLS; 8BITMIME/SMTPUTF8/DSN left out; SIZE; required AUTH).
+//     It records every session (EHLO name, TLS, AUTH, MAIL/RCPT with their
+//     parameters, sizes, replies) and keeps accepted messages, also into a
+//     Mailbox when one is set (SetMailbox).
 //   - mailbox.go: Mailbox, the messages a lab host received, safe for
 //     concurrent use; UIDs are unique and never reused.
 //   - pop3.go, pop3_session.go: POP3Server, which serves mailboxes over

@@ -138,6 +138,8 @@ type Host struct {
 	nextID   int
 	changed  chan struct{}
 	closed   bool
+	box      *Mailbox // also receives what is kept, for POP3
+	open     map[*conn]struct{}
 }
 
 // Listen starts a host on addr ("127.0.0.2:2525", or port 0 for any). With
@@ -146,7 +148,7 @@ func Listen(addr string, b Behaviour) (*Host, error) {
 	if err := b.check(); err != nil {
 		return nil, fmt.Errorf("smtp peer %s: %w", addr, err)
 	}
-	h := &Host{addr: addr, b: b, done: make(chan struct{}), changed: make(chan struct{})}
+	h := &Host{addr: addr, b: b, done: make(chan struct{}), changed: make(chan struct{}), open: make(map[*conn]struct{})}
 	if b.Refuse {
 		return h, nil
 	}
@@ -232,6 +234,11 @@ func (h *Host) Close() error {
 	if h.srv != nil {
 		err = h.srv.Close()
 	}
+	h.mu.Lock()
+	for c := range h.open { // connections go-smtp never saw (scripted greetings)
+		_ = c.Conn.Close()
+	}
+	h.mu.Unlock()
 	h.wg.Wait()
 	return err
 }
@@ -297,12 +304,40 @@ func (h *Host) update(f func()) {
 	h.notifyLocked()
 }
 
-func (h *Host) keep(m Message) {
+// SetMailbox makes the host also append every message it keeps to mb,
+// with Return-Path and Received fields in front, so the lab can serve it
+// over POP3 and `mta trace` can read its hop.
+func (h *Host) SetMailbox(mb *Mailbox) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.box = mb
+}
+
+func (h *Host) keep(m Message, remote string) {
+	var box *Mailbox
+	var domain string
 	h.update(func() {
 		h.nextID++
 		m.ID = h.nextID
 		h.mailbox = append(h.mailbox, m)
+		box, domain = h.box, h.b.Domain
 	})
+	if box == nil {
+		return
+	}
+	if domain == "" {
+		domain = "peer.test"
+	}
+	with := "ESMTP"
+	if m.TLS {
+		with = "ESMTPS"
+	}
+	ip, _, _ := net.SplitHostPort(remote)
+	var b strings.Builder
+	fmt.Fprintf(&b, "Return-Path: <%s>\r\n", m.From)
+	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s with %s id %d\r\n\tfor <%s>; %s\r\n",
+		m.EHLO, ip, domain, with, m.ID, strings.Join(m.To, ">, <"), m.Received.Format(time.RFC1123Z))
+	box.Append(append([]byte(b.String()), m.Data...))
 }
 
 // listener counts and records every connection and handles the scripted
@@ -320,11 +355,18 @@ func (l *listener) Accept() (net.Conn, error) {
 		}
 		b := l.h.behaviour()
 		rec := &Session{Remote: c.RemoteAddr().String()}
+		pc := &conn{Conn: c, h: l.h, rec: rec, b: b}
+		closed := false
 		l.h.update(func() {
 			l.h.conns++
 			l.h.sessions = append(l.h.sessions, rec)
+			l.h.open[pc] = struct{}{}
+			closed = l.h.closed
 		})
-		pc := &conn{Conn: c, h: l.h, rec: rec, b: b}
+		if closed {
+			_ = c.Close()
+			return nil, net.ErrClosed
+		}
 		switch {
 		case b.Greeting != nil:
 			l.h.goRoot(func() { pc.refuse(*b.Greeting) })
@@ -382,6 +424,13 @@ func (c *conn) Write(p []byte) (int, error) {
 		return len(p), nil // go-smtp writes each EHLO line on its own
 	}
 	return c.Conn.Write(p)
+}
+
+func (c *conn) Close() error {
+	c.h.mu.Lock()
+	delete(c.h.open, c)
+	c.h.mu.Unlock()
+	return c.Conn.Close()
 }
 
 // refuse sends a scripted greeting: 421 closes, another code answers 503 to

@@ -83,6 +83,25 @@ func TestHostRecords(t *testing.T) {
 	}
 }
 
+func TestHostFillsMailbox(t *testing.T) {
+	h := testpeer.NewSMTP(t, "127.0.0.2:0", peer.Behaviour{Domain: "mx1.lab.test"})
+	mb := peer.NewMailbox()
+	h.SetMailbox(mb)
+	if err := send(dial(t, h), "a@x.test", []string{"b@y.test"}, "Subject: hi\r\n\r\nbody\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	msgs := mb.List()
+	if len(msgs) != 1 {
+		t.Fatalf("%d messages in the mailbox", len(msgs))
+	}
+	d := string(msgs[0].Data)
+	for _, want := range []string{"Return-Path: <a@x.test>\r\n", "Received: from client.test ([127.0.0.1])", "by mx1.lab.test with ESMTP", "for <b@y.test>", "Subject: hi"} {
+		if !strings.Contains(d, want) {
+			t.Errorf("mailbox message lacks %q:\n%s", want, d)
+		}
+	}
+}
+
 func TestHostScripts(t *testing.T) {
 	tests := []struct {
 		name string

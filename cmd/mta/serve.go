@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+)
+
+// drainTime bounds a graceful stop: sessions and deliveries in flight get
+// this long to finish (the systemd unit allows 45 s).
+const drainTime = 30 * time.Second
+
+func runServe(ctx context.Context, args []string, stdio Stdio) error {
+	fs := newFlagSet("serve", "[--config FILE]", stdio)
+	config := fs.String("config", "", "config file (without one, mta runs on its embedded local defaults)")
+	if done, err := parseFlags(fs, args, stdio); done {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return errUsage
+	}
+	cfg, err := serveConfig(*config, stdio.Err)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg.Log, stdio.Err)
+	if err != nil {
+		return exitf(exitConfig, "%v", err)
+	}
+	d := &daemonState{cfg: cfg, configPath: *config, zero: *config == "", log: log}
+	if err := d.start(ctx); err != nil {
+		d.stop()
+		_, _ = daemon.SdNotify(false, "STATUS=start failed: "+err.Error()) // no systemd: nothing to tell
+		return exitf(exitSoftware, "start: %v", err)
+	}
+	return d.loop(ctx)
+}
+
+// serveConfig loads the config file, or the embedded defaults when there
+// is none.
+func serveConfig(path string, stderr io.Writer) (*Config, error) {
+	if path == "" {
+		cfg := Default()
+		if p := cfg.Validate(); len(p) > 0 {
+			return nil, exitf(exitConfig, "embedded defaults: %s", strings.Join(p, "; "))
+		}
+		return cfg, nil
+	}
+	cfg, err := LoadConfig(path)
+	var ce *ConfigError
+	if errors.As(err, &ce) {
+		fmt.Fprintln(stderr, ce.Error())
+		return nil, &exitError{code: exitConfig}
+	}
+	if err != nil {
+		return nil, exitf(exitConfig, "%v", err)
+	}
+	return cfg, nil
+}
+
+// newLogger makes the daemon's structured logger.
+func newLogger(c LogConfig, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
+}
+
+// loop runs until ctx ends (SIGTERM, SIGINT): it reloads on SIGHUP, pets
+// the systemd watchdog and imports the maildrop now and then; then it
+// drains and stops.
+func (d *daemonState) loop(ctx context.Context) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	watchdog := make(<-chan time.Time)
+	if iv, err := daemon.SdWatchdogEnabled(false); err == nil && iv > 0 {
+		t := time.NewTicker(iv / 3)
+		defer t.Stop()
+		watchdog = t.C
+	}
+	maildrop := time.NewTicker(time.Minute)
+	defer maildrop.Stop()
+	d.notify("READY=1\nSTATUS=" + d.status())
+	d.log.Info("ready", "listening", strings.Join(d.listenOn, " "))
+	for {
+		select {
+		case <-ctx.Done():
+			d.notify("STOPPING=1\nSTATUS=draining")
+			d.log.Info("stopping: draining sessions and deliveries", "max", drainTime)
+			d.stop()
+			d.log.Info("stopped")
+			return nil
+		case <-hup:
+			d.notify("RELOADING=1\nMONOTONIC_USEC=" + daemon.SdNotifyMonotonicUsec())
+			d.reload()
+			d.notify("READY=1\nSTATUS=" + d.status())
+		case <-watchdog:
+			if err := d.healthy(); err != nil {
+				d.log.Error("unhealthy: not petting the watchdog", "err", err)
+				continue
+			}
+			d.notify("WATCHDOG=1")
+		case <-maildrop.C:
+			d.importMaildrop(ctx)
+		}
+	}
+}
+
+func (d *daemonState) notify(state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		d.log.Warn("sd_notify", "err", err)
+	}
+}
+
+func (d *daemonState) status() string {
+	c, err := d.sp.Counts()
+	if err != nil {
+		return "running"
+	}
+	return fmt.Sprintf("%d message(s) queued; listening on %s", c.Messages, strings.Join(d.listenOn, " "))
+}
