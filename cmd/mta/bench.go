@@ -205,7 +205,7 @@ func benchSink(ctx context.Context, o benchOptions, stdio Stdio) error {
 		fmt.Fprintf(stdio.Out, "  %s  MX %s:%d\n", d, w.IPs[i], w.Sinks.Port())
 	}
 	fmt.Fprintf(stdio.Out, "waiting for %d messages (at most %s)\n", o.messages, o.timeout)
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for w.Sinks.Messages() < int64(o.messages) {
 		select {
