@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -147,7 +148,7 @@ func (s *sizeFlag) Set(v string) error {
 
 func (o *benchOptions) params() benchParams {
 	p := benchParams{Mode: o.mode, Messages: o.messages, SizeBytes: o.sizeBytes, Sessions: o.sessions,
-		PerSession: o.perSession, Rcpts: o.rcpts, Domains: o.domains, Prefill: o.prefill, CPUs: runtime.NumCPU()}
+		PerSession: o.perSession, Rcpts: o.rcpts, Domains: o.domains, Prefill: o.prefill, CPUs: runtime.NumCPU(), LoadAvg: loadAverage()}
 	if o.slowSink > 0 {
 		p.SinkDelay = o.slowSink.String()
 	}
@@ -156,6 +157,20 @@ func (o *benchOptions) params() benchParams {
 		p.Domains = len(o.genDomains())
 	}
 	return p
+}
+
+// loadAverage is the 1-minute load average, or 0 where it cannot be read.
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64) // 0 on a malformed file: shown as such
+	return v
 }
 
 // genDomains are the recipient domains of generate mode.
@@ -177,9 +192,9 @@ func (o *benchOptions) genOptions(target string, domains []string) genOptions {
 
 // benchGenerate sends the load to --target and reports the accept figures.
 func benchGenerate(ctx context.Context, o benchOptions) (*benchReport, error) {
+	r := &benchReport{Params: o.params()}
 	led := newLedger(newBenchTag(), o.messages, o.rcpts)
 	g := generate(ctx, o.genOptions(o.target, o.genDomains()), led)
-	r := &benchReport{Params: o.params()}
 	r.addGenerator(g)
 	return r, ctx.Err()
 }

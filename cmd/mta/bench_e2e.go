@@ -28,6 +28,7 @@ func benchEndToEnd(ctx context.Context, o benchOptions, stdio Stdio) (*benchRepo
 	} else {
 		defer os.RemoveAll(dir)
 	}
+	r := &benchReport{Params: o.params()}
 	led := newLedger(newBenchTag(), o.messages, o.rcpts)
 	w, err := startWorld(worldOptions{Domains: o.domains, Delay: o.slowSink, Arrive: led.arrive})
 	if err != nil {
@@ -50,7 +51,6 @@ func benchEndToEnd(ctx context.Context, o benchOptions, stdio Stdio) (*benchRepo
 	if err := d.Start(ctx); err != nil {
 		return nil, err
 	}
-	r := &benchReport{Params: o.params()}
 	err = measure(ctx, o, w, d, led, r)
 	if serr := d.Stop(30 * time.Second); serr != nil && err == nil {
 		err = fmt.Errorf("%w: %s", serr, d.LogTail(2000))

@@ -27,6 +27,9 @@ type benchParams struct {
 	Prefill    int    `json:"prefill,omitempty"`
 	Target     string `json:"target,omitempty"`
 	CPUs       int    `json:"cpus"`
+	// LoadAvg is the machine's 1-minute load average when the run began:
+	// on a shared machine, other work skews every figure.
+	LoadAvg float64 `json:"load_average_at_start"`
 }
 
 // benchReport is every figure of a run; fields that do not apply to the
@@ -126,6 +129,7 @@ func (r *benchReport) writeTable(w io.Writer) error {
 		row("", "%s", strings.TrimSpace(fmt.Sprintf("%s %s %s", opt("sink delay ", p.SinkDelay),
 			opt("prefilled queue ", itoaNZ(p.Prefill)), opt("target ", p.Target))))
 	}
+	row("machine", "%d CPUs, load average %.2f at start", p.CPUs, p.LoadAvg)
 	row("accepted", "%d of %d tried, %d connection errors%s", r.Accepted, r.Tried, r.Errors, refusedText(r.Refused))
 	if r.FirstError != "" {
 		row("first error", "%s", r.FirstError)
