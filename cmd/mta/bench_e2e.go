@@ -82,7 +82,7 @@ func measure(ctx context.Context, o benchOptions, w *world, d *childDaemon, led 
 	}
 	g := generate(ctx, o.genOptions(d.SMTP, w.Domains), led)
 	r.addGenerator(g)
-	waitErr := waitArrivals(ctx, led, g.Accepted*o.rcpts)
+	waitErr := waitArrivals(ctx, led, g.Accepted*o.rcpts, d.exited)
 	cpu1, err1 := procCPU(d.PID())
 	self1, err2 := procCPU(os.Getpid())
 	if o.profileDir != "" {
@@ -102,8 +102,9 @@ func measure(ctx context.Context, o benchOptions, w *world, d *childDaemon, led 
 	return errors.Join(waitErr, err1, err2)
 }
 
-// waitArrivals waits until want distinct recipients have arrived.
-func waitArrivals(ctx context.Context, led *ledger, want int) error {
+// waitArrivals waits until want distinct recipients have arrived, giving
+// up when ctx ends or exited (the daemon's) is closed.
+func waitArrivals(ctx context.Context, led *ledger, want int, exited <-chan struct{}) error {
 	for {
 		ch := led.Changed()
 		if led.Distinct() >= want {
@@ -111,6 +112,8 @@ func waitArrivals(ctx context.Context, led *ledger, want int) error {
 		}
 		select {
 		case <-ch:
+		case <-exited:
+			return fmt.Errorf("the daemon exited with %d of %d recipients arrived", led.Distinct(), want)
 		case <-ctx.Done():
 			return fmt.Errorf("%d of %d recipients arrived before giving up: %w", led.Distinct(), want, ctx.Err())
 		}

@@ -54,7 +54,7 @@ func TestGenerateIntoSink(t *testing.T) {
 			if g.Accepted != tt.messages || g.Tried != tt.messages || g.Errors != 0 || len(g.Latencies) != tt.messages {
 				t.Fatalf("generator: %+v", g)
 			}
-			if err := waitArrivals(t.Context(), led, tt.messages*tt.r); err != nil {
+			if err := waitArrivals(t.Context(), led, tt.messages*tt.r, nil); err != nil {
 				t.Fatal(err)
 			}
 			tally := led.tally(10)
@@ -87,7 +87,7 @@ func TestSinkTakesGoSMTPClient(t *testing.T) {
 	if err := c.Quit(); err != nil {
 		t.Errorf("quit: %v", err)
 	}
-	if err := waitArrivals(t.Context(), led, 2); err != nil {
+	if err := waitArrivals(t.Context(), led, 2, nil); err != nil {
 		t.Fatal(err)
 	}
 	if led.arrived[14].Load() == 0 || led.arrived[15].Load() == 0 {
