@@ -24,11 +24,15 @@ import (
 
 // adminRequest is one queue operation.
 type adminRequest struct {
-	Op     string       `json:"op"` // list, show, retry, hold, release, delete, flush
+	Op     string       `json:"op"` // list, show, retired, retry, hold, release, delete, flush
 	ID     string       `json:"id,omitempty"`
 	Filter spool.Filter `json:"filter,omitempty"`
 	Limit  int          `json:"limit,omitempty"`
 	Bounce bool         `json:"bounce,omitempty"`
+	// Attempts: list gives each message's attempt logs too.
+	Attempts bool `json:"attempts,omitempty"`
+	// Cursor: retired goes on after this cursor of an earlier answer.
+	Cursor string `json:"cursor,omitempty"`
 }
 
 // adminResponse carries the result or the error text.
@@ -40,6 +44,8 @@ type adminResponse struct {
 	More     bool            `json:"more,omitempty"`
 	Message  *spool.Message  `json:"message,omitempty"`
 	Changed  int             `json:"changed,omitempty"`
+	// Cursor asks retired for the next (older) page; "" at the end.
+	Cursor string `json:"cursor,omitempty"`
 }
 
 // adminServer answers queue operations on the admin socket.
@@ -100,6 +106,8 @@ func (a *adminServer) do(ctx context.Context, req adminRequest) adminResponse {
 		resp, err = a.list(ctx, req)
 	case "show":
 		resp.Message, err = a.spool.Message(req.ID)
+	case "retired":
+		resp.Messages, resp.Cursor, err = a.spool.ListRetired(ctx, req.Cursor, req.Limit)
 	case "retry", "flush":
 		resp.Changed, err = a.spool.Retry(ctx, req.ID, a.now())
 		a.kick()
@@ -139,6 +147,11 @@ func (a *adminServer) list(ctx context.Context, req adminRequest) (adminResponse
 		if err != nil {
 			return resp, err
 		}
+		if req.Attempts {
+			if page, err = a.withAttempts(page); err != nil {
+				return resp, err
+			}
+		}
 		resp.Messages = append(resp.Messages, page...)
 		if next == "" {
 			return resp, nil
@@ -149,6 +162,24 @@ func (a *adminServer) list(ctx context.Context, req adminRequest) (adminResponse
 		}
 		cursor = next
 	}
+}
+
+// withAttempts rereads each listed message whole, attempt logs included,
+// one short read transaction each. A message that retired meanwhile comes
+// back as its retired record; one deleted meanwhile is left out.
+func (a *adminServer) withAttempts(page []spool.Message) ([]spool.Message, error) {
+	out := page[:0]
+	for _, m := range page {
+		full, err := a.spool.Message(m.ID)
+		if errors.Is(err, spool.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *full)
+	}
+	return out, nil
 }
 
 // peerUID reads the uid of the process at the other end of a unix socket.
