@@ -140,6 +140,9 @@ func startLab(ctx context.Context, o labOptions) (*lab, error) {
 	if err != nil {
 		return nil, err
 	}
+	if smtpPort == 0 { // no hosts: nothing for the MTA to reach
+		smtpPort = labSMTPPort
+	}
 	pop3Port, err := l.startPOP3(o.Config.pop3Port(), o.Config.POP3Password)
 	if err != nil {
 		return nil, err

@@ -16,10 +16,29 @@ import (
 	"mta/internal/peer"
 )
 
+// maxPortTries bounds the search for a port free on every lab address
+// when the config asks for any free port (0).
+const maxPortTries = 20
+
 // startHosts starts an SMTP host with its mailbox on every lab address, all
-// on one port: port, or with 0 the first free one of the first listening
-// host. A refusing host listens nowhere. It returns the port.
+// on one port: port, or with 0 one free on every address. A refusing host
+// listens nowhere. It returns the port.
 func (l *lab) startHosts(specs []labHostSpec, port int) (int, error) {
+	for try := 1; ; try++ {
+		p, err := l.tryHosts(specs, port)
+		if err == nil {
+			slices.SortFunc(l.hosts, func(a, b *labHost) int { return a.Addr.Compare(b.Addr) })
+			return p, nil
+		}
+		if port != 0 || try == maxPortTries || !errors.Is(err, syscall.EADDRINUSE) {
+			return 0, err
+		}
+		l.closeHostsNow() // the port is taken on some address: another
+		l.hosts = nil
+	}
+}
+
+func (l *lab) tryHosts(specs []labHostSpec, port int) (int, error) {
 	// A refusing host cannot choose the port: start the listening ones first.
 	for _, refusing := range []bool{false, true} {
 		for _, s := range specs {
@@ -46,33 +65,59 @@ func (l *lab) startHosts(specs []labHostSpec, port int) (int, error) {
 			}
 		}
 	}
-	slices.SortFunc(l.hosts, func(a, b *labHost) int { return a.Addr.Compare(b.Addr) })
 	return port, nil
 }
 
 // startPOP3 serves each host's mailbox over POP3 on its own address, to
-// its names as users. It returns the port (chosen as startHosts does).
+// its names as users, all on one port (chosen as startHosts does). It
+// returns the port.
 func (l *lab) startPOP3(port int, password string) (int, error) {
-	for _, h := range l.hosts {
-		ln, err := net.Listen("tcp", net.JoinHostPort(h.Addr.String(), strconv.Itoa(port)))
-		if err != nil {
-			return 0, fmt.Errorf("lab host %s: pop3: %w%s", h.Names[0], err, portHint(err, "ports.pop3"))
+	if len(l.hosts) == 0 {
+		return port, nil
+	}
+	var lns []net.Listener
+	for try := 1; ; try++ {
+		var err error
+		lns, err = listenEach(l.hosts, port)
+		if err == nil {
+			break
 		}
-		if port == 0 {
-			port = ln.Addr().(*net.TCPAddr).Port
+		if port != 0 || try == maxPortTries || !errors.Is(err, syscall.EADDRINUSE) {
+			return 0, fmt.Errorf("pop3: %w%s", err, portHint(err, "ports.pop3"))
 		}
+	}
+	port = lns[0].Addr().(*net.TCPAddr).Port
+	for i, h := range l.hosts {
 		accounts := map[string]peer.POP3Account{}
 		for _, n := range h.Names {
 			accounts[n] = peer.POP3Account{Password: password, Mailbox: h.box}
 		}
 		h.pop3 = peer.NewPOP3(peer.POP3Config{Hostname: h.Names[0], Accounts: accounts})
 		h.done = make(chan struct{})
-		go func() {
+		go func(ln net.Listener) {
 			defer close(h.done)
 			_ = h.pop3.Serve(ln) // returns at Close
-		}()
+		}(lns[i])
 	}
 	return port, nil
+}
+
+// listenEach binds port (0: the first free one) on every host's address;
+// on error none stays bound.
+func listenEach(hosts []*labHost, port int) ([]net.Listener, error) {
+	var lns []net.Listener
+	for _, h := range hosts {
+		ln, err := net.Listen("tcp", net.JoinHostPort(h.Addr.String(), strconv.Itoa(port)))
+		if err != nil {
+			for _, l := range lns {
+				_ = l.Close() // never served
+			}
+			return nil, fmt.Errorf("%s: %w", h.Names[0], err)
+		}
+		lns = append(lns, ln)
+		port = ln.Addr().(*net.TCPAddr).Port
+	}
+	return lns, nil
 }
 
 // closeHosts stops every host's SMTP and POP3 server, once.
