@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-sasl"
 )
@@ -197,4 +199,75 @@ p.quit()
 		t.Errorf("poplib read:\n%s", msg)
 	}
 	return string(msg)
+}
+
+// TestLabChildProcess runs the lab as its own process (this test binary
+// acting as mta), as a student would, and stops it with SIGINT.
+func TestLabChildProcess(t *testing.T) {
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	var out, logs syncBuffer
+	cmd := exec.Command(bin, "lab", "--config", labTestConfig(t), "--dir", dir)
+	cmd.Env = append(os.Environ(), asMTAEnv+"=1")
+	cmd.Stdout, cmd.Stderr = &out, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill() // already gone when the test passed
+		if t.Failed() {
+			t.Logf("lab output:\n%s\nlab log:\n%s", out.String(), logs.String())
+		}
+	})
+	var info *labInfo
+	waitUntil(t, "the lab process to start", func() bool {
+		select {
+		case err := <-exited:
+			t.Fatalf("the lab exited: %v", err)
+		default:
+		}
+		info, err = readLabInfo(filepath.Join(dir, labInfoFile))
+		return err == nil
+	})
+	if info.PID != cmd.Process.Pid {
+		t.Errorf("lab.json names pid %d, the lab is %d", info.PID, cmd.Process.Pid)
+	}
+	for _, want := range []string{"mta lab is running; Ctrl-C stops it.", "DNS server    " + info.DNS, "  relay       " + info.Relay[0],
+		"mx1.refused.test", "refuse connections", "mta lab status --dir " + dir} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("the lab's summary lacks %q", want)
+		}
+	}
+	id, _ := labSend(t, info.Relay[0], nil, "child@refused.test")
+	waitLabMessage(t, dir, id, true)
+	status := exec.CommandContext(t.Context(), bin, "lab", "status", "--dir", dir)
+	status.Env = cmd.Env
+	text, err := status.CombinedOutput()
+	if err != nil {
+		t.Fatalf("mta lab status: %v\n%s", err, text)
+	}
+	for _, want := range []string{"to <child@refused.test>: delivered, taken by mx2.refused.test", "1. mx1.refused.test [127.0.0.21]  dial:", "<- took it"} {
+		if !strings.Contains(string(text), want) {
+			t.Errorf("mta lab status lacks %q:\n%s", want, text)
+		}
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("the lab exited with %v after SIGINT, want 0", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the lab did not stop on SIGINT")
+	}
+	if _, err := os.Stat(filepath.Join(dir, labInfoFile)); err == nil {
+		t.Errorf("lab.json left behind")
+	}
 }
