@@ -171,3 +171,21 @@ far.a.test. 60 IN A 192.0.2.1
 		}
 	})
 }
+
+func TestLabStatusWithoutALab(t *testing.T) {
+	var out, errb bytes.Buffer
+	err := run(t.Context(), []string{"mta", "lab", "status", "--dir", t.TempDir()}, Stdio{Out: &out, Err: &errb})
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != exitTempFail || !strings.Contains(ee.msg, "no lab is running in") {
+		t.Errorf("lab status without a lab: %v", err)
+	}
+	out.Reset()
+	if err := run(t.Context(), []string{"mta", "lab", "--help"}, Stdio{Out: &out, Err: &errb}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"usage: mta lab [--zone FILE]", "mta lab status [--dir DIR]", "-zone"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("mta lab --help lacks %q:\n%s", want, out.String())
+		}
+	}
+}

@@ -210,7 +210,7 @@ func TestLabChildProcess(t *testing.T) {
 	}
 	dir := t.TempDir()
 	var out, logs syncBuffer
-	cmd := exec.Command(bin, "lab", "--config", labTestConfig(t), "--dir", dir)
+	cmd := exec.Command(bin, "lab", "--zone", "../../configs/lab.zone", "--config", labTestConfig(t), "--dir", dir)
 	cmd.Env = append(os.Environ(), asMTAEnv+"=1")
 	cmd.Stdout, cmd.Stderr = &out, &logs
 	if err := cmd.Start(); err != nil {
