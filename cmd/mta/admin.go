@@ -139,7 +139,15 @@ func (a *adminServer) list(ctx context.Context, req adminRequest) (adminResponse
 		if err != nil {
 			return resp, err
 		}
-		resp.Messages = append(resp.Messages, page...)
+		for _, m := range page {
+			// Pages carry states without attempt logs; the list shows
+			// each message's last reply, so read it whole (bounded by
+			// limit, one short transaction each).
+			if full, err := a.spool.Message(m.ID); err == nil {
+				m = *full
+			}
+			resp.Messages = append(resp.Messages, m)
+		}
 		if next == "" {
 			return resp, nil
 		}
