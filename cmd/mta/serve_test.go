@@ -208,6 +208,39 @@ func TestServeDeliversAndShows(t *testing.T) {
 	if _, err := s.mta(t, "", "queue", "show", "nosuchid", "--config", s.config); err == nil || !strings.Contains(err.Error(), "exit 65") {
 		t.Errorf("show of an unknown ID: %v", err)
 	}
+	// One log line for the accepted message, one per delivery attempt.
+	accepted := s.log.wait(t, `msg="message accepted"`, "msg_id="+id)
+	attempt := s.log.wait(t, `msg="delivery attempt"`, "msg_id="+id)
+	for _, want := range []string{"listener=relay", "sender=a@sender.test", "rcpts=1"} {
+		if !strings.Contains(accepted, want) {
+			t.Errorf("accept log line lacks %s: %s", want, accepted)
+		}
+	}
+	for _, want := range []string{"rcpt=b@example.test", "mx=mx.example.test", "ip=127.0.0.2", "code=250", "status=delivered"} {
+		if !strings.Contains(attempt, want) {
+			t.Errorf("attempt log line lacks %s: %s", want, attempt)
+		}
+	}
+}
+
+// wait returns the first log line containing every part.
+func (l *lineLog) wait(t *testing.T, parts ...string) string {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case line := <-l.lines:
+			ok := true
+			for _, p := range parts {
+				ok = ok && strings.Contains(line, p)
+			}
+			if ok {
+				return line
+			}
+		case <-timeout:
+			t.Fatalf("no log line with %q", parts)
+		}
+	}
 }
 
 // TestSendmail: `mta sendmail -t` through the submit socket: recipients
