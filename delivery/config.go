@@ -99,7 +99,8 @@ type Backoff struct {
 
 // Observer receives the engine's metrics; cmd/mta adapts it to Prometheus.
 // Labels stay bounded: result is "delivered", "deferred" or "failed";
-// phase is one of spool.Attempt's phases.
+// phase is one of spool.Attempt's phases. Its methods are called from many
+// goroutines at once.
 type Observer interface {
 	// Attempt is called once per recipient per attempt.
 	Attempt(result, phase string, code int)
@@ -154,6 +155,9 @@ type Config struct {
 	Routes map[string]NextHop
 	// Relayhost, when set, takes every domain (or its Domains) without a route.
 	Relayhost *Relayhost
+	// Aliases rewrite the recipient of a DSN whose sender is in a local
+	// domain (see DSNConfig.Aliases).
+	Aliases *mailaddr.Aliases
 	// TLSPolicies per recipient domain for MX delivery (default opportunistic).
 	TLSPolicies map[string]TLSPolicy
 	// RootCAs verify certificates (nil: the system pool).

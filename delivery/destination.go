@@ -60,10 +60,11 @@ func (e *Scheduler) enqueue(tasks []spool.Task) {
 	jobs := make(map[jobKey]*job)
 	for _, t := range tasks {
 		e.active++
-		key := e.routes.destKey(t.Domain)
+		hops := e.hops.Load()
+		key := hops.routes.destKey(t.Domain)
 		d := e.dests[key]
 		if d == nil {
-			d = &destination{key: key, static: e.routes.lookup(t.Domain)}
+			d = &destination{key: key, static: hops.routes.lookup(t.Domain)}
 			if d.static == nil {
 				d.domain = t.Domain
 			}

@@ -26,6 +26,10 @@ type DSNConfig struct {
 	// Now is the clock (nil: time.Now); NewID names the DSN (nil: spool.NewID).
 	Now   func() time.Time
 	NewID func() string
+	// Aliases rewrite a DSN's recipient when the sender is in a local
+	// domain (root@ourhost, a cron job's sender), so the notice reaches a
+	// real mailbox instead of routing back to us.
+	Aliases *mailaddr.Aliases
 }
 
 func (c DSNConfig) withDefaults() DSNConfig {
@@ -126,6 +130,7 @@ func buildDSN(cfg DSNConfig, m *spool.Message, kind dsnKind, rcpts []dsnRcpt, bo
 		return nil, nil // a sender we cannot route to gets nothing
 	}
 	global := env.SMTPUTF8 || !to.ASCII()
+	rcpts2 := dsnRecipients(cfg.Aliases, env.Sender, to)
 	now := cfg.Now()
 	id := cfg.NewID()
 	boundary := newBoundary()
@@ -159,13 +164,28 @@ func buildDSN(cfg DSNConfig, m *spool.Message, kind dsnKind, rcpts []dsnRcpt, bo
 	w("--%s--", boundary)
 	out := b.Bytes()
 	return &spool.NewMessage{ID: id, Body: out, Envelope: spool.Envelope{
-		Recipients: []spool.Recipient{{Addr: env.Sender, Domain: to.Domain, Notify: spool.NotifyNever}},
+		Recipients: rcpts2,
 		Has8Bit:    has8Bit(out),
 		SMTPUTF8:   global,
 		Arrival:    now,
 		DSN:        true,
 		Origin:     spool.Origin{Listener: "dsn", UID: -1},
 	}}, nil
+}
+
+// dsnRecipients is the envelope of a DSN to the sender: the sender itself,
+// or its aliases when it is in a local domain. An unknown local sender keeps
+// its own address: the notice then fails, and a DSN is never bounced.
+func dsnRecipients(aliases *mailaddr.Aliases, sender string, to mailaddr.Address) []spool.Recipient {
+	targets, local, err := aliases.Expand(to)
+	if !local || err != nil || len(targets) == 0 {
+		return []spool.Recipient{{Addr: sender, Domain: to.Domain, Notify: spool.NotifyNever}}
+	}
+	out := make([]spool.Recipient, 0, len(targets))
+	for _, a := range targets {
+		out = append(out, spool.Recipient{Addr: a.String(), Domain: a.Domain, Notify: spool.NotifyNever})
+	}
+	return out
 }
 
 var subjects = map[dsnKind]string{

@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mta/delivery"
+	"mta/internal/mailaddr"
 	"mta/internal/peer"
 	"mta/internal/testpeer"
 	"mta/spool"
@@ -252,5 +253,25 @@ func TestBouncerOwesNothing(t *testing.T) {
 				t.Errorf("Bouncer = %v, %v; want no DSN", nm, err)
 			}
 		})
+	}
+}
+
+// A bounce to a sender in a local domain (cron's root@ourhost) goes to the
+// alias target, not back to us.
+func TestDSNToLocalSenderFollowsAliases(t *testing.T) {
+	aliases, err := mailaddr.NewAliases(map[string][]string{"root": {"admin@sender.test"}}, []string{"local.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newWorld(t, setup{zone: dsnZone, aliases: aliases, hosts: map[string]peer.Behaviour{
+		"127.0.0.2": {Rcpt: &peer.Reply{Code: 550, Enhanced: "5.1.1", Text: "no such user"}},
+		"127.0.0.4": {},
+	}})
+	id := w.send("root@local.test", []string{"gone@example.test"}, body7)
+	w.waitStates(id, spool.Failed)
+	sender := w.hosts["127.0.0.4"]
+	testpeer.WaitHost(t, sender, "the DSN", func(h *peer.Host) bool { return len(h.Messages()) == 1 })
+	if got := sender.Messages()[0].To; len(got) != 1 || got[0] != "admin@sender.test" {
+		t.Errorf("DSN went to %v, want the alias target admin@sender.test", got)
 	}
 }

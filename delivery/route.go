@@ -3,6 +3,7 @@ package delivery
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 
@@ -43,17 +44,47 @@ type routes struct {
 	relayDomain map[string]bool // empty: every domain
 }
 
-func newRoutes(cfg *Config) *routes {
+// nextHops are the routes and TLS policies in force.
+type nextHops struct {
+	routes   *routes
+	policies map[string]TLSPolicy
+}
+
+// SetNextHops replaces the configured routes, relayhost and per-domain TLS
+// policies (SIGHUP). Attempts that start afterwards use them; one already
+// queued for a destination keeps the next hop it was queued with. Invalid
+// next hops are refused whole and the old ones stay.
+func (e *Scheduler) SetNextHops(routes map[string]NextHop, relay *Relayhost, policies map[string]TLSPolicy) error {
+	c := e.cfg
+	c.Routes, c.Relayhost, c.TLSPolicies = routes, relay, policies
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("delivery next hops: %w", err)
+	}
+	e.storeHops(routes, relay, policies)
+	return nil
+}
+
+func (e *Scheduler) storeHops(routes map[string]NextHop, relay *Relayhost, policies map[string]TLSPolicy) {
+	h := &nextHops{routes: newRoutes(routes, relay), policies: normalizeKeys(policies)}
+	for _, r := range h.routes.all() {
+		if r.tls != TLSVerify && r.auth != nil {
+			e.log.Warn("route sends AUTH without verifying the certificate", "route", r.key, "tls", string(r.tls))
+		}
+	}
+	e.hops.Store(h)
+}
+
+func newRoutes(byDomain map[string]NextHop, relay *Relayhost) *routes {
 	r := &routes{byDomain: make(map[string]*staticRoute)}
-	for d, n := range cfg.Routes {
+	for d, n := range byDomain {
 		if nd, err := mailaddr.NormalizeDomain(d); err == nil {
 			r.byDomain[nd] = newStaticRoute(n)
 		}
 	}
-	if cfg.Relayhost != nil {
-		r.relay = newStaticRoute(cfg.Relayhost.NextHop)
+	if relay != nil {
+		r.relay = newStaticRoute(relay.NextHop)
 		r.relayDomain = make(map[string]bool)
-		for _, d := range cfg.Relayhost.Domains {
+		for _, d := range relay.Domains {
 			if nd, err := mailaddr.NormalizeDomain(d); err == nil {
 				r.relayDomain[nd] = true
 			}
@@ -107,7 +138,7 @@ func (e *Scheduler) hostsFor(ctx context.Context, j *job) ([]mxHost, *AttemptErr
 		ae.Phase = phaseDNS
 		return nil, ae
 	}
-	policy := e.cfg.TLSPolicies[d.domain]
+	policy := e.hops.Load().policies[d.domain]
 	if policy == "" {
 		policy = TLSOpportunistic
 	}

@@ -71,7 +71,7 @@ func TestRoutesLookup(t *testing.T) {
 		Routes:    map[string]NextHop{"Own.Example": {Hosts: []string{"[10.0.0.5]:25"}}},
 		Relayhost: &Relayhost{NextHop: NextHop{Hosts: []string{"smtp.provider.example:587"}}, Domains: []string{"listed.example"}},
 	}
-	r := newRoutes(cfg)
+	r := newRoutes(cfg.Routes, cfg.Relayhost)
 	if sr := r.lookup("own.example"); sr == nil || sr.hops[0].addr.String() != "10.0.0.5" || sr.tls != TLSVerify {
 		t.Errorf("own.example route %+v", sr)
 	}
@@ -82,7 +82,7 @@ func TestRoutesLookup(t *testing.T) {
 		t.Errorf("other.example goes to %+v, want MX delivery", sr)
 	}
 	cfg.Relayhost.Domains = nil
-	if sr := newRoutes(cfg).lookup("other.example"); sr == nil {
+	if sr := newRoutes(cfg.Routes, cfg.Relayhost).lookup("other.example"); sr == nil {
 		t.Errorf("a relayhost without domains should take every domain")
 	}
 }

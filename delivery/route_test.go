@@ -257,3 +257,28 @@ nullmx.test. 300 IN MX 0 .
 		})
 	}
 }
+
+// SetNextHops (SIGHUP) changes where new mail for a domain goes; invalid
+// next hops are refused and the old ones stay.
+func TestSetNextHops(t *testing.T) {
+	w := newWorld(t, setup{zone: oneMXZone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}, "127.0.0.3": {}}})
+	first := w.send("s@sender.test", []string{"a@example.test"}, body7)
+	w.waitStates(first, spool.Delivered)
+
+	bad := map[string]delivery.NextHop{"example.test": {Hosts: nil}}
+	if err := w.sched.SetNextHops(bad, nil, nil); err == nil {
+		t.Fatal("a route without hosts was accepted")
+	}
+	route := map[string]delivery.NextHop{"example.test": {Hosts: []string{fmt.Sprintf("[127.0.0.3]:%d", w.port)}, TLS: delivery.TLSNone}}
+	if err := w.sched.SetNextHops(route, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	second := w.send("s@sender.test", []string{"b@example.test"}, body7)
+	w.waitStates(second, spool.Delivered)
+	if n := len(w.hosts["127.0.0.2"].Messages()); n != 1 {
+		t.Errorf("MX host got %d messages, want only the first", n)
+	}
+	if got := w.hosts["127.0.0.3"].Messages(); len(got) != 1 || got[0].To[0] != "b@example.test" {
+		t.Errorf("route host got %+v, want the second message", got)
+	}
+}

@@ -19,8 +19,10 @@ const claimBatch = 1000
 // Scheduler is the delivery engine: it claims due recipients from the
 // spool, queues them per destination and runs the attempts.
 type Scheduler struct {
-	cfg    Config
-	routes *routes
+	cfg Config
+	// hops are the configured routes and TLS policies; SetNextHops swaps
+	// them while running.
+	hops   atomic.Pointer[nextHops]
 	pool   *pool
 	broken *brokenTLS
 	dsn    DSNConfig
@@ -54,9 +56,8 @@ func New(cfg Config) (*Scheduler, error) {
 	hard, cancel := context.WithCancel(context.Background())
 	e := &Scheduler{
 		cfg:      cfg,
-		routes:   newRoutes(&cfg),
 		broken:   newBrokenTLS(10000),
-		dsn:      DSNConfig{Hostname: cfg.Hostname, Lifetime: cfg.Lifetime, Now: cfg.Now},
+		dsn:      DSNConfig{Hostname: cfg.Hostname, Lifetime: cfg.Lifetime, Now: cfg.Now, Aliases: cfg.Aliases},
 		log:      cfg.Logger,
 		obs:      cfg.Observer,
 		kick:     make(chan struct{}, 1),
@@ -68,13 +69,8 @@ func New(cfg Config) (*Scheduler, error) {
 		dests:    make(map[string]*destination),
 	}
 	e.dsn = e.dsn.withDefaults()
-	e.cfg.TLSPolicies = normalizeKeys(cfg.TLSPolicies)
 	e.pool = newPool(e)
-	for _, r := range e.routes.all() {
-		if r.tls != TLSVerify && r.auth != nil {
-			e.log.Warn("route sends AUTH without verifying the certificate", "route", r.key, "tls", string(r.tls))
-		}
-	}
+	e.storeHops(cfg.Routes, cfg.Relayhost, cfg.TLSPolicies)
 	return e, nil
 }
 
@@ -221,7 +217,7 @@ func (e *Scheduler) claim() bool {
 		if at, ok := leases[t]; ok {
 			return at
 		}
-		key := e.routes.destKey(t.Domain)
+		key := e.hops.Load().routes.destKey(t.Domain)
 		at := now.Add(e.cfg.Backoff.delay(t.Attempts + 1))
 		if held[key] >= e.cfg.DestinationEntries {
 			over[t] = true // given back at once, due again shortly

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"mta/delivery"
+	"mta/internal/mailaddr"
 	"mta/internal/peer"
 	"mta/internal/testpeer"
 	"mta/resolver"
@@ -89,6 +90,8 @@ type setup struct {
 	zone  string
 	hosts map[string]peer.Behaviour // by IP
 	cfg   func(*delivery.Config)
+	// aliases rewrite DSN recipients in local domains.
+	aliases *mailaddr.Aliases
 	// noStart leaves Run to the test.
 	noStart bool
 }
@@ -109,7 +112,7 @@ func newWorld(t testing.TB, s setup) *world {
 	sched := w.kick
 	w.sp, err = spool.Open(t.TempDir(), spool.Options{
 		Now:    w.clock.now,
-		Bounce: delivery.Bouncer(delivery.DSNConfig{Hostname: ourHost, Now: w.clock.now}),
+		Bounce: delivery.Bouncer(delivery.DSNConfig{Hostname: ourHost, Now: w.clock.now, Aliases: s.aliases}),
 		OnDue: func() {
 			if s := sched.Load(); s != nil {
 				s.Kick()
@@ -125,6 +128,7 @@ func newWorld(t testing.TB, s setup) *world {
 			StartTLS: 5 * time.Second, DataInit: 5 * time.Second, DataBlock: 5 * time.Second, FinalDot: 5 * time.Second},
 		Backoff:  delivery.Backoff{Jitter: func() float64 { return 0.5 }},
 		Now:      w.clock.now,
+		Aliases:  s.aliases,
 		Logger:   slog.New(slog.NewTextHandler(w.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Observer: w.obs,
 	}

@@ -29,8 +29,6 @@ type adminRequest struct {
 	Filter spool.Filter `json:"filter,omitempty"`
 	Limit  int          `json:"limit,omitempty"`
 	Bounce bool         `json:"bounce,omitempty"`
-	// Attempts: list gives each message's attempt logs too.
-	Attempts bool `json:"attempts,omitempty"`
 	// Cursor: retired goes on after this cursor of an earlier answer.
 	Cursor string `json:"cursor,omitempty"`
 }
@@ -147,12 +145,15 @@ func (a *adminServer) list(ctx context.Context, req adminRequest) (adminResponse
 		if err != nil {
 			return resp, err
 		}
-		if req.Attempts {
-			if page, err = a.withAttempts(page); err != nil {
-				return resp, err
+		for _, m := range page {
+			// Pages carry states without attempt logs; the list shows
+			// each message's last reply, so read it whole (bounded by
+			// limit, one short transaction each).
+			if full, err := a.spool.Message(m.ID); err == nil {
+				m = *full
 			}
+			resp.Messages = append(resp.Messages, m)
 		}
-		resp.Messages = append(resp.Messages, page...)
 		if next == "" {
 			return resp, nil
 		}
@@ -162,24 +163,6 @@ func (a *adminServer) list(ctx context.Context, req adminRequest) (adminResponse
 		}
 		cursor = next
 	}
-}
-
-// withAttempts rereads each listed message whole, attempt logs included,
-// one short read transaction each. A message that retired meanwhile comes
-// back as its retired record; one deleted meanwhile is left out.
-func (a *adminServer) withAttempts(page []spool.Message) ([]spool.Message, error) {
-	out := page[:0]
-	for _, m := range page {
-		full, err := a.spool.Message(m.ID)
-		if errors.Is(err, spool.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, *full)
-	}
-	return out, nil
 }
 
 // peerUID reads the uid of the process at the other end of a unix socket.

@@ -88,7 +88,7 @@ func labMessages(ctx context.Context, admin string, limit int) ([]spool.Message,
 			break
 		}
 	}
-	resp, err := labAdmin(ctx, admin, adminRequest{Op: "list", Attempts: true, Limit: 10000})
+	resp, err := labAdmin(ctx, admin, adminRequest{Op: "list", Limit: 10000})
 	if err != nil {
 		return nil, err
 	}

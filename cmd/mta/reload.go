@@ -40,10 +40,28 @@ func (d *daemonState) reload() {
 	} else {
 		applied = append(applied, "aliases")
 	}
+	if d.reloadNextHops(next) {
+		applied = append(applied, "routes")
+	}
 	restart := restartKeys(d.cfg, next)
 	// What was applied is now the running config; the rest waits.
 	d.cfg.UsersFile, d.cfg.TLS, d.cfg.Limits, d.cfg.Aliases = next.UsersFile, next.TLS, next.Limits, next.Aliases
+	d.cfg.Routes, d.cfg.Relayhost, d.cfg.TLSPolicies = next.Routes, next.Relayhost, next.TLSPolicies
 	d.log.Info("reloaded", "applied", strings.Join(applied, ","), "need_restart", strings.Join(restart, ","))
+}
+
+// reloadNextHops applies routes, relayhost and TLS policies (and reads
+// their password files again).
+func (d *daemonState) reloadNextHops(c *Config) bool {
+	routes, relay, policies, err := nextHops(c)
+	if err == nil {
+		err = d.engine.Load().SetNextHops(routes, relay, policies)
+	}
+	if err != nil {
+		d.log.Error("reload: routes refused; the old ones stay", "err", err)
+		return false
+	}
+	return true
 }
 
 func (d *daemonState) reloadCert(c *Config) bool {
@@ -57,7 +75,8 @@ func (d *daemonState) reloadCert(c *Config) bool {
 // restartKeys names the top-level keys that differ between the running
 // config and next and that only a restart applies.
 func restartKeys(cur, next *Config) []string {
-	live := map[string]bool{"users_file": true, "tls": true, "limits": true, "aliases": true}
+	live := map[string]bool{"users_file": true, "tls": true, "limits": true, "aliases": true,
+		"routes": true, "relayhost": true, "tls_policies": true}
 	var out []string
 	a, b := reflect.ValueOf(*cur), reflect.ValueOf(*next)
 	t := a.Type()

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"mta/delivery"
+	"mta/internal/mailaddr"
 	"mta/smtpd"
 	"mta/spool"
 )
@@ -19,6 +20,10 @@ import (
 // openSpool opens the spool with the delivery engine's DSN builder as its
 // bounce hook and the engine's kick as its due signal.
 func (d *daemonState) openSpool() error {
+	var err error
+	if d.aliases, err = loadAliases(d.cfg); err != nil {
+		return err
+	}
 	dir := filepath.Join(d.dirs.State, spoolSubdir)
 	sp, err := spool.Open(dir, spool.Options{
 		MaxMessageBytes: d.cfg.Limits.MaxMessageBytes,
@@ -41,7 +46,16 @@ func (d *daemonState) openSpool() error {
 }
 
 func (d *daemonState) dsnConfig() delivery.DSNConfig {
-	return delivery.DSNConfig{Hostname: d.cfg.Hostname, Lifetime: time.Duration(d.cfg.Delivery.Lifetime)}
+	return delivery.DSNConfig{Hostname: d.cfg.Hostname, Lifetime: time.Duration(d.cfg.Delivery.Lifetime), Aliases: d.aliases}
+}
+
+// loadAliases builds the alias table of the local domains.
+func loadAliases(c *Config) (*mailaddr.Aliases, error) {
+	a, err := mailaddr.NewAliases(aliasMap(c.Aliases), c.LocalDomains)
+	if err != nil {
+		return nil, fmt.Errorf("aliases: %w", err)
+	}
+	return a, nil
 }
 
 // kick wakes the delivery scheduler; before it exists there is nothing to
@@ -95,6 +109,7 @@ func (d *daemonState) deliveryConfig() (delivery.Config, error) {
 		Routes:              routes,
 		Relayhost:           relay,
 		TLSPolicies:         policies,
+		Aliases:             d.aliases,
 		Logger:              d.log.With("subsystem", "delivery"),
 		Observer:            deliveryObserver{d.metrics},
 	}

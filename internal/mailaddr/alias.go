@@ -67,6 +67,8 @@ func (t *Aliases) IsLocal(d string) bool { return t != nil && t.local[d] }
 // domains, its alias targets (followed to a bounded depth) inside them;
 // local reports that a was in a local domain. An unknown local user is
 // ErrNoSuchUser.
+//
+// A nil *Aliases has no local domains: it returns a unchanged.
 func (t *Aliases) Expand(a Address) (targets []Address, local bool, err error) {
 	if !t.IsLocal(a.Domain) {
 		return []Address{a}, false, nil

@@ -139,6 +139,7 @@ type Host struct {
 	changed  chan struct{}
 	closed   bool
 	box      *Mailbox // also receives what is kept, for POP3
+	open     map[*conn]struct{}
 }
 
 // Listen starts a host on addr ("127.0.0.2:2525", or port 0 for any). With
@@ -147,7 +148,7 @@ func Listen(addr string, b Behaviour) (*Host, error) {
 	if err := b.check(); err != nil {
 		return nil, fmt.Errorf("smtp peer %s: %w", addr, err)
 	}
-	h := &Host{addr: addr, b: b, done: make(chan struct{}), changed: make(chan struct{})}
+	h := &Host{addr: addr, b: b, done: make(chan struct{}), changed: make(chan struct{}), open: make(map[*conn]struct{})}
 	if b.Refuse {
 		return h, nil
 	}
@@ -233,6 +234,11 @@ func (h *Host) Close() error {
 	if h.srv != nil {
 		err = h.srv.Close()
 	}
+	h.mu.Lock()
+	for c := range h.open { // connections go-smtp never saw (scripted greetings)
+		_ = c.Conn.Close()
+	}
+	h.mu.Unlock()
 	h.wg.Wait()
 	return err
 }
@@ -349,11 +355,18 @@ func (l *listener) Accept() (net.Conn, error) {
 		}
 		b := l.h.behaviour()
 		rec := &Session{Remote: c.RemoteAddr().String()}
+		pc := &conn{Conn: c, h: l.h, rec: rec, b: b}
+		closed := false
 		l.h.update(func() {
 			l.h.conns++
 			l.h.sessions = append(l.h.sessions, rec)
+			l.h.open[pc] = struct{}{}
+			closed = l.h.closed
 		})
-		pc := &conn{Conn: c, h: l.h, rec: rec, b: b}
+		if closed {
+			_ = c.Close()
+			return nil, net.ErrClosed
+		}
 		switch {
 		case b.Greeting != nil:
 			l.h.goRoot(func() { pc.refuse(*b.Greeting) })
@@ -411,6 +424,13 @@ func (c *conn) Write(p []byte) (int, error) {
 		return len(p), nil // go-smtp writes each EHLO line on its own
 	}
 	return c.Conn.Write(p)
+}
+
+func (c *conn) Close() error {
+	c.h.mu.Lock()
+	delete(c.h.open, c)
+	c.h.mu.Unlock()
+	return c.Conn.Close()
 }
 
 // refuse sends a scripted greeting: 421 closes, another code answers 503 to

@@ -124,7 +124,7 @@ func (s *session) Logout() error {
 // answer at all.
 func (s *session) stuck() error {
 	s.c.hang(s.stop)
-	_ = s.c.Conn.Close()
+	_ = s.c.Close()
 	return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "gone"}
 }
 
@@ -203,7 +203,7 @@ func (s *session) Data(r io.Reader) error {
 		n, _ := io.CopyN(io.Discard, r, b.StopReadingAfter)
 		s.record(func(t *Transaction) { t.Size = int(n) })
 		s.c.stall(s.stop)
-		_ = s.c.Conn.Close()
+		_ = s.c.Close()
 		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "gone"}
 	}
 	var buf bytes.Buffer
@@ -216,7 +216,7 @@ func (s *session) Data(r io.Reader) error {
 		return s.stuck()
 	case b.DropAfterDot:
 		s.keep(buf.Bytes())
-		_ = s.c.Conn.Close()
+		_ = s.c.Close()
 		return errors.New("dropped")
 	case b.Data != nil:
 		s.record(func(t *Transaction) { t.Reply = b.Data.Code })
