@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"mta/spool"
 )
 
 // The built-in lab is a copy of the user-facing files in configs/.
@@ -186,6 +188,31 @@ func TestLabStatusWithoutALab(t *testing.T) {
 	for _, want := range []string{"usage: mta lab [--zone FILE]", "mta lab status [--dir DIR]", "-zone"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("mta lab --help lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// mta queue show prints an attempt's route under it when it went past
+// more than one host.
+func TestQueueShowPrintsTheRoute(t *testing.T) {
+	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	m := &spool.Message{ID: "x", Envelope: spool.Envelope{Sender: "a@lab.test", Arrival: at, Origin: spool.Origin{Listener: "relay", UID: -1},
+		Recipients: []spool.Recipient{{Addr: "b@refused.test", State: spool.Delivered, AttemptCount: 1, Attempts: []spool.Attempt{{
+			Time: at, Host: "mx2.refused.test", IP: "127.0.0.22", Phase: "data", Code: 250, Enhanced: "2.0.0", Text: "ok",
+			Route: []spool.RouteStep{
+				{Host: "mx0.refused.test", Phase: "skip", Text: "host does not exist (NXDOMAIN)"},
+				{Host: "mx1.refused.test", IP: "127.0.0.21", Phase: "dial", Enhanced: "4.4.1", Text: "connect: connection refused"},
+				{Host: "mx2.refused.test", IP: "127.0.0.22", Phase: "data", Code: 250, Enhanced: "2.0.0", Text: "ok"},
+			}}}}}}}
+	var b bytes.Buffer
+	printMessage(&b, m, at)
+	for _, want := range []string{
+		"      1. mx0.refused.test  skipped: host does not exist (NXDOMAIN)\n",
+		"      2. mx1.refused.test [127.0.0.21]  dial: connect: connection refused (4.4.1)\n",
+		"      3. mx2.refused.test [127.0.0.22]  data: 250 2.0.0 ok\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("queue show lacks %q:\n%s", want, b.String())
 		}
 	}
 }
