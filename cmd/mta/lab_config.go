@@ -113,6 +113,11 @@ func parseLabConfig(data []byte, name, dir string) (*labConfig, error) {
 	if lc.Daemon == nil { // "daemon:" with nothing under it
 		lc.Daemon = labDaemonDefaults()
 	}
+	hosts := make(map[string]labHostConfig, len(lc.Hosts))
+	for name, h := range lc.Hosts {
+		hosts[labName(name)] = h // as the zone's names are compared
+	}
+	lc.Hosts = hosts
 	lines := keyLines(data)
 	_, hasDaemon := lines["daemon"]
 	for _, p := range lc.validate(hasDaemon) {

@@ -68,52 +68,64 @@ func TestLabScenarios(t *testing.T) {
 			}
 		})
 	}
-	t.Run("reject_some_recipients", func(t *testing.T) {
-		t.Parallel()
-		id, msgID := labSend(t, relay, nil, "you@picky.test", "nobody@picky.test", "later@picky.test")
-		m := waitLabMessage(t, dir, id, false)
-		want := map[string]string{
-			"you@picky.test":    "delivered mx.picky.test data 250 2.0.0",
-			"nobody@picky.test": "failed mx.picky.test rcpt 550 5.1.1",
-			"later@picky.test":  "deferred mx.picky.test rcpt 450 4.2.1",
+	for name, f := range map[string]func(*testing.T, *labInfo, string){
+		"reject_some_recipients":  testLabPicky,
+		"equal_preference_spread": testLabSpread,
+		"submission_with_AUTH":    testLabSubmission,
+		"status_text_and_trace":   testLabStatusAndTrace,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			f(t, info, dir)
+		})
+	}
+}
+
+// testLabPicky sends to three recipients of one host that accepts one,
+// rejects one (550) and defers one (450).
+func testLabPicky(t *testing.T, info *labInfo, dir string) {
+	id, msgID := labSend(t, info.Relay[0], nil, "you@picky.test", "nobody@picky.test", "later@picky.test")
+	m := waitLabMessage(t, dir, id, false)
+	want := map[string]string{
+		"you@picky.test":    "delivered mx.picky.test data 250 2.0.0",
+		"nobody@picky.test": "failed mx.picky.test rcpt 550 5.1.1",
+		"later@picky.test":  "deferred mx.picky.test rcpt 450 4.2.1",
+	}
+	for _, r := range m.Recipients {
+		got := r.State + " " + strings.Join(routeOf(r.Attempts[0]), "; ")
+		if got != want[r.Addr] {
+			t.Errorf("%s: %s, want %s", r.Addr, got, want[r.Addr])
 		}
-		for _, r := range m.Recipients {
-			got := r.State + " " + strings.Join(routeOf(r.Attempts[0]), "; ")
-			if got != want[r.Addr] {
-				t.Errorf("%s: %s, want %s", r.Addr, got, want[r.Addr])
-			}
+	}
+	waitMailbox(t, info, "mx.picky.test", msgID, "for <you@picky.test>;")
+}
+
+// testLabSpread sends to the equal-preference domain until both hosts
+// have taken a message (bounded).
+func testLabSpread(t *testing.T, info *labInfo, dir string) {
+	took := map[string]int{}
+	for i := 0; i < 40 && (took["mx1.spread.test"] == 0 || took["mx2.spread.test"] == 0); i++ {
+		id, _ := labSend(t, info.Relay[0], nil, "you@spread.test")
+		r := waitLabMessage(t, dir, id, true).Recipients[0]
+		if len(r.Attempts[0].Route) != 1 {
+			t.Errorf("route %v: an equal-preference host was not the first tried", routeOf(r.Attempts[0]))
 		}
-		waitMailbox(t, info, "mx.picky.test", msgID, "for <you@picky.test>;")
-	})
-	t.Run("equal_preference_spread", func(t *testing.T) {
-		t.Parallel()
-		took := map[string]int{}
-		for i := 0; i < 40 && (took["mx1.spread.test"] == 0 || took["mx2.spread.test"] == 0); i++ {
-			id, _ := labSend(t, relay, nil, "you@spread.test")
-			m := waitLabMessage(t, dir, id, true)
-			r := m.Recipients[0]
-			if len(r.Attempts[0].Route) != 1 {
-				t.Errorf("route %v: an equal-preference host was not the first tried", routeOf(r.Attempts[0]))
-			}
-			took[r.TakenBy]++
-		}
-		if took["mx1.spread.test"] == 0 || took["mx2.spread.test"] == 0 || len(took) != 2 {
-			t.Errorf("messages taken per host: %v, want both spread hosts used", took)
-		}
-	})
-	t.Run("submission_with_AUTH", func(t *testing.T) {
-		t.Parallel()
-		id, msgID := labSend(t, info.Submission[0], sasl.NewPlainClient("", info.User, info.Password), "you@priority.test")
-		waitLabMessage(t, dir, id, true)
-		msg := waitMailbox(t, info, "mx1.priority.test", msgID)
-		if !strings.Contains(msg, "with ESMTPSA") {
-			t.Errorf("our Received header does not say ESMTPSA:\n%s", msg)
-		}
-	})
-	t.Run("status_text_and_trace", func(t *testing.T) {
-		t.Parallel()
-		testLabStatusAndTrace(t, info, dir)
-	})
+		took[r.TakenBy]++
+	}
+	if took["mx1.spread.test"] == 0 || took["mx2.spread.test"] == 0 || len(took) != 2 {
+		t.Errorf("messages taken per host: %v, want both spread hosts used", took)
+	}
+}
+
+// testLabSubmission sends through the submission listener as the lab's
+// student user.
+func testLabSubmission(t *testing.T, info *labInfo, dir string) {
+	id, msgID := labSend(t, info.Submission[0], sasl.NewPlainClient("", info.User, info.Password), "you@priority.test")
+	waitLabMessage(t, dir, id, true)
+	msg := waitMailbox(t, info, "mx1.priority.test", msgID)
+	if !strings.Contains(msg, "with ESMTPSA") {
+		t.Errorf("our Received header does not say ESMTPSA:\n%s", msg)
+	}
 }
 
 // testLabStatusAndTrace checks the text of `mta lab status` for a
