@@ -20,6 +20,7 @@ package delivery
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"mta/internal/mailaddr"
@@ -48,6 +49,7 @@ type result struct {
 	enhanced string
 	text     string
 	hopDSN   bool // the host that took it offers DSN (NOTIFY went on)
+	route    []spool.RouteStep
 	maybeDup bool // the connection was lost after the final dot
 	// interrupted: shutdown came before the recipient was resolved; it is
 	// given back to the spool unrecorded.
@@ -76,6 +78,7 @@ type attempt struct {
 	last     *AttemptError // the last host-level failure
 	lastTemp *AttemptError // the last temporary one
 	capErr   *AttemptError // a host lacked what the message needs
+	steps    []spool.RouteStep
 }
 
 // run delivers j and returns its per-recipient results; whole reports a
@@ -87,11 +90,15 @@ func (e *Scheduler) run(ctx context.Context, j *job) (res map[int]result, whole 
 	}
 	hosts, aerr := e.hostsFor(ctx, j)
 	if aerr != nil {
-		a.fail(aerr)
+		a.routeFailed(aerr, j.dest.domain)
 	}
 	for _, h := range hosts {
 		if a.done() {
 			break
+		}
+		if h.skip != "" {
+			a.step(spool.RouteStep{Host: h.name, Phase: phaseSkip, Text: h.skip})
+			continue
 		}
 		if h.err != nil {
 			a.fail(h.err)
@@ -126,6 +133,7 @@ func (a *attempt) finish() {
 	}
 	for _, r := range a.pending {
 		res := errResult(why, "")
+		res.route = slices.Clip(a.steps)
 		res.interrupted = a.ctx.Err() != nil
 		a.set(r, res)
 	}
@@ -134,6 +142,7 @@ func (a *attempt) finish() {
 
 // fail notes a host-level failure.
 func (a *attempt) fail(ae *AttemptError) {
+	a.step(errStep(ae))
 	a.last = ae
 	if !ae.Permanent {
 		a.lastTemp = ae
@@ -142,6 +151,9 @@ func (a *attempt) fail(ae *AttemptError) {
 
 func (a *attempt) set(rcpt int, r result) {
 	if _, ok := a.results[rcpt]; !ok {
+		if r.route == nil {
+			r.route = a.routeTo(r)
+		}
 		a.results[rcpt] = r
 	}
 }
@@ -149,6 +161,7 @@ func (a *attempt) set(rcpt int, r result) {
 // tryHost tries h's addresses until the recipients are resolved, a
 // failure says to move to the next host, or the budget runs out.
 func (a *attempt) tryHost(h mxHost) {
+	a.skipAddrs(h)
 	for _, ip := range orderAddrs(h.addrs, a.e.cfg.IPFamily) {
 		if a.done() {
 			return
@@ -160,6 +173,7 @@ func (a *attempt) tryHost(h mxHost) {
 			continue
 		}
 		if cerr := a.capability(s); cerr != nil {
+			a.step(errStep(cerr))
 			a.capErr = cerr
 			a.e.pool.put(s)
 			return

@@ -28,8 +28,10 @@
 //     §4.5.3.2 timeout of its phase (conn.go): go-smtp may tighten it, never
 //     clear it.
 //   - Every attempt of every recipient is recorded in the spool in one
-//     Update per attempt and logged as one Info line with the keys msg_id
-//     rcpt domain mx ip attempt phase code enhanced duration tls status.
+//     Update per attempt, with the route it went along (steps.go: hosts
+//     skipped and why, hosts that failed and how, the host that answered),
+//     and logged as one Info line with the keys msg_id rcpt domain mx ip
+//     attempt phase code enhanced duration tls status.
 //   - Deferred recipients back off from Backoff.Min to Backoff.Max with
 //     jitter; past Lifetime they fail. A delay DSN goes out once after
 //     DelayWarning unless NOTIFY excludes DELAY; a failure DSN is built by

@@ -123,7 +123,7 @@ func (e *Scheduler) outcome(j *job, t spool.Task, r result, now time.Time, d tim
 	env := &j.msg.Envelope
 	sr := spool.Result{ID: j.id, Rcpt: t.Rcpt, State: r.state, Attempt: spool.Attempt{
 		Time: now, Host: r.host, IP: r.ip, TLS: r.tls, Phase: r.phase,
-		Code: r.code, Enhanced: r.enhanced, Text: r.text, Duration: d,
+		Code: r.code, Enhanced: r.enhanced, Text: r.text, Duration: d, Route: r.route,
 	}}
 	if r.state != spool.Deferred {
 		return sr

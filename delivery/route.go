@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"mta/internal/mailaddr"
+	"mta/resolver"
 )
 
 // staticRoute is a configured next hop (a route or the relayhost), parsed.
@@ -121,6 +122,8 @@ type mxHost struct {
 	policy   TLSPolicy
 	auth     *Auth
 	err      *AttemptError // a configured host whose addresses could not be found
+	skip     string        // why the resolver left this host out: not dialled
+	skipped  []resolver.SkippedAddr
 }
 
 // hostsFor is the hosts an attempt on d tries, in order.
@@ -141,10 +144,10 @@ func (e *Scheduler) hostsFor(ctx context.Context, j *job) ([]mxHost, *AttemptErr
 	}
 	hosts := make([]mxHost, 0, len(rt.Hosts))
 	for _, h := range rt.Hosts {
-		hosts = append(hosts, mxHost{name: h.Name, pref: h.Pref, addrs: h.Addrs, port: e.cfg.Port, policy: policy})
+		hosts = append(hosts, mxHost{name: h.Name, pref: h.Pref, addrs: h.Addrs, skipped: h.Skipped, port: e.cfg.Port, policy: policy})
 	}
 	spreadBest(hosts, j.spread)
-	return hosts, nil
+	return withDropped(hosts, rt.Dropped), nil
 }
 
 // spreadBest rotates the hosts of the best preference by n, so new

@@ -211,6 +211,53 @@ func TestDeliverIDNDomainAsALabel(t *testing.T) {
 	}
 }
 
+func TestDeliverRecordsTheRoute(t *testing.T) {
+	zone := `
+route.test. 300 IN MX 5 gone.route.test.
+route.test. 300 IN MX 10 mx1.route.test.
+route.test. 300 IN MX 20 mx2.route.test.
+route.test. 300 IN MX 30 mx3.route.test.
+mx1.route.test. 300 IN A 127.0.0.2
+mx2.route.test. 300 IN A 127.0.0.3
+mx3.route.test. 300 IN A 127.0.0.4
+noaddr.test. 300 IN MX 10 mx.noaddr.test.
+nullmx.test. 300 IN MX 0 .
+`
+	w := newWorld(t, setup{zone: zone, hosts: map[string]peer.Behaviour{
+		"127.0.0.2": {Refuse: true},
+		"127.0.0.3": {Greeting: &peer.Reply{Code: 421, Enhanced: "4.3.2", Text: "busy"}},
+		"127.0.0.4": {},
+	}})
+	tests := []struct {
+		rcpt  string
+		state spool.State
+		want  []string // host ip phase code enhanced of each step
+	}{
+		{"x@route.test", spool.Delivered, []string{
+			"gone.route.test  skip 0 ", "mx1.route.test 127.0.0.2 dial 0 4.4.1",
+			"mx2.route.test 127.0.0.3 greeting 421 4.3.2", "mx3.route.test 127.0.0.4 data 250 2.0.0"}},
+		{"x@noaddr.test", spool.Failed, []string{"mx.noaddr.test  skip 0 ", "noaddr.test  dns 0 5.4.4"}},
+		{"x@nullmx.test", spool.Failed, []string{"nullmx.test  dns 0 5.1.10"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.rcpt, func(t *testing.T) {
+			id := w.send("", []string{tc.rcpt}, body7)
+			m := w.waitStates(id, tc.state)
+			a := lastAttempt(&m.Envelope.Recipients[0])
+			var got []string
+			for _, s := range a.Route {
+				got = append(got, fmt.Sprintf("%s %s %s %d %s", s.Host, s.IP, s.Phase, s.Code, s.Enhanced))
+				if s.Text == "" {
+					t.Errorf("step %+v says nothing", s)
+				}
+			}
+			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Errorf("route:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+		})
+	}
+}
+
 // SetNextHops (SIGHUP) changes where new mail for a domain goes; invalid
 // next hops are refused and the old ones stay.
 func TestSetNextHops(t *testing.T) {

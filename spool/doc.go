@@ -57,7 +57,8 @@
 //     Options.Bounce returns (RFC 3461 §6, RFC 3464; never for a DSN or the
 //     null sender, RFC 5321 §6.1), and deletes its body.
 //   - Retired records are bounded by Options.RetiredMaxAge and
-//     RetiredMaxCount; attempt logs by Options.MaxAttemptLog per recipient.
+//     RetiredMaxCount; attempt logs by Options.MaxAttemptLog per recipient,
+//     and each attempt's route by MaxRouteSteps.
 //   - Each body file belongs to a live message whose envelope says so.
 //
 // The envelope keeps what RFC 3461 asks a relay to carry on (NOTIFY,

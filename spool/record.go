@@ -10,7 +10,7 @@ import (
 // times as a signed varint of Unix nanoseconds (0 for the zero time), nested
 // records as a uvarint length and the record. Decoders check every length
 // against what is left, so a damaged value gives ErrCorrupt, never a panic
-// or a huge allocation.
+// or a huge allocation. Attempt records may also carry attemptRouteFormat.
 const recordFormat = 1
 
 // enc appends fields to a record.
@@ -289,9 +289,14 @@ func decodeState(b []byte) (rstate, error) {
 	return r, nil
 }
 
+// attemptRouteFormat is the attempt record with the route steps after the
+// fields of recordFormat; attempts stored before routes were recorded keep
+// recordFormat and decode with an empty Route.
+const attemptRouteFormat = 2
+
 func encodeAttempt(a *Attempt) []byte {
 	e := enc{b: make([]byte, 0, 64+len(a.Host)+len(a.Text))}
-	e.b = append(e.b, recordFormat)
+	e.b = append(e.b, attemptRouteFormat)
 	e.time(a.Time)
 	e.str(a.Host)
 	e.str(a.IP)
@@ -301,20 +306,67 @@ func encodeAttempt(a *Attempt) []byte {
 	e.str(a.Enhanced)
 	e.str(a.Text)
 	e.varint(int64(a.Duration))
+	steps := a.Route[:min(len(a.Route), MaxRouteSteps)]
+	e.uvarint(uint64(len(steps)))
+	for i := range steps {
+		e.blob(encodeStep(&steps[i]))
+	}
 	return e.b
 }
 
 func decodeAttempt(b []byte) (Attempt, error) {
-	d := newDec("attempt", b)
+	d := &dec{b: b, what: "attempt"}
+	format := d.byte()
+	if d.err == nil && format != recordFormat && format != attemptRouteFormat {
+		d.fail("format %d", format)
+	}
 	a := Attempt{Time: d.time(), Host: d.str(), IP: d.str(), TLS: d.str(), Phase: d.str()}
 	a.Code = int(d.varint())
 	a.Enhanced = d.str()
 	a.Text = d.str()
 	a.Duration = time.Duration(d.varint())
+	if format == attemptRouteFormat {
+		n := d.count()
+		if n > MaxRouteSteps {
+			d.fail("%d route steps", n)
+		}
+		for i := 0; i < n && d.err == nil; i++ {
+			s, err := decodeStep(d.blob())
+			if d.err == nil && err != nil {
+				return Attempt{}, err
+			}
+			a.Route = append(a.Route, s)
+		}
+	}
 	if err := d.end(); err != nil {
 		return Attempt{}, err
 	}
 	return a, nil
+}
+
+// A route step record has no format byte: it only lives inside an attempt
+// record.
+func encodeStep(s *RouteStep) []byte {
+	e := enc{b: make([]byte, 0, 32+len(s.Host)+len(s.Text))}
+	e.str(s.Host)
+	e.str(s.IP)
+	e.str(s.Phase)
+	e.varint(int64(s.Code))
+	e.str(s.Enhanced)
+	e.str(s.Text)
+	return e.b
+}
+
+func decodeStep(b []byte) (RouteStep, error) {
+	d := &dec{b: b, what: "route step"}
+	s := RouteStep{Host: d.str(), IP: d.str(), Phase: d.str()}
+	s.Code = int(d.varint())
+	s.Enhanced = d.str()
+	s.Text = d.str()
+	if err := d.end(); err != nil {
+		return RouteStep{}, err
+	}
+	return s, nil
 }
 
 // stateOf is the state record of a stored recipient.

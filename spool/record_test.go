@@ -20,7 +20,12 @@ func sampleMessage() *Message {
 	r.State, r.AttemptCount, r.Done, r.DelayNotified = Delivered, 2, at.Add(time.Hour), true
 	r.Attempts = []Attempt{
 		{Time: at, Host: "mx1.dest.example", IP: "192.0.2.1", TLS: "none", Phase: "rcpt", Code: 451, Enhanced: "4.7.1", Text: "greylisted", Duration: time.Second},
-		{Time: at.Add(time.Hour), Host: "mx1.dest.example", IP: "2001:db8::1", TLS: "TLS1.3 verified", Phase: "data", Code: 250, Enhanced: "2.0.0", Text: "ok", Duration: 2 * time.Second},
+		{Time: at.Add(time.Hour), Host: "mx1.dest.example", IP: "2001:db8::1", TLS: "TLS1.3 verified", Phase: "data", Code: 250, Enhanced: "2.0.0", Text: "ok", Duration: 2 * time.Second,
+			Route: []RouteStep{
+				{Host: "mx0.dest.example", Phase: "skip", Text: "no address (NXDOMAIN)"},
+				{Host: "mx1.dest.example", IP: "192.0.2.1", Phase: "greeting", Code: 421, Enhanced: "4.3.2", Text: "busy"},
+				{Host: "mx1.dest.example", IP: "2001:db8::1", Phase: "data", Code: 250, Enhanced: "2.0.0", Text: "ok"},
+			}},
 	}
 	env.Recipients[1].State, env.Recipients[1].Done = Failed, at
 	return &Message{ID: NewID(), Envelope: *env, Retired: true, RetiredAt: at.Add(time.Hour)}
@@ -56,6 +61,50 @@ func TestRecordRoundTrip(t *testing.T) {
 		got, err := decodeState(encodeState(&st))
 		if err != nil || !reflect.DeepEqual(got, st) {
 			t.Errorf("decoded %+v, %v; want %+v", got, err, st)
+		}
+	})
+}
+
+func TestAttemptRoute(t *testing.T) {
+	a := sampleMessage().Envelope.Recipients[0].Attempts[1]
+	t.Run("round trip", func(t *testing.T) {
+		got, err := decodeAttempt(encodeAttempt(&a))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !got.Time.Equal(a.Time) || !reflect.DeepEqual(got.Route, a.Route) || got.Text != a.Text {
+			t.Errorf("decoded %+v, want %+v", got, a)
+		}
+	})
+	t.Run("records without a route still decode", func(t *testing.T) {
+		// The attempt record as it was before routes were stored.
+		e := enc{}
+		e.b = append(e.b, recordFormat)
+		e.time(a.Time)
+		for _, s := range []string{a.Host, a.IP, a.TLS, a.Phase} {
+			e.str(s)
+		}
+		e.varint(int64(a.Code))
+		e.str(a.Enhanced)
+		e.str(a.Text)
+		e.varint(int64(a.Duration))
+		got, err := decodeAttempt(e.b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Host != a.Host || got.Code != a.Code || got.Duration != a.Duration || got.Route != nil {
+			t.Errorf("decoded %+v", got)
+		}
+	})
+	t.Run("long routes are cut", func(t *testing.T) {
+		long := a
+		long.Route = nil
+		for range MaxRouteSteps + 10 {
+			long.Route = append(long.Route, RouteStep{Host: "mx.dest.example", Phase: "skip", Text: "self"})
+		}
+		got, err := decodeAttempt(encodeAttempt(&long))
+		if err != nil || len(got.Route) != MaxRouteSteps {
+			t.Errorf("decoded %d steps, %v; want %d", len(got.Route), err, MaxRouteSteps)
 		}
 	})
 }

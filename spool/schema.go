@@ -31,8 +31,9 @@ const (
 	// Exactly one per recipient of a live message.
 	bucketRcpts = "rcpts"
 	// attempts: id NUL rcpt seq → attempt record, seq being 4 bytes
-	// big-endian of the attempt's number (1 for the first). Only the last
-	// Options.MaxAttemptLog are kept.
+	// big-endian of the attempt's number (1 for the first); the record holds
+	// the attempt's route steps too. Only the last Options.MaxAttemptLog are
+	// kept.
 	bucketAttempts = "attempts"
 	// bodies: id → the body, for bodies up to Options.InlineBodyBytes.
 	// Larger bodies are the file bodies/<id> beside the spool file, and the
@@ -53,7 +54,8 @@ const (
 	// every recipient's final state and attempt log).
 	bucketRetired = "retired"
 	// retired_at: time id → empty, time being when the message retired.
-	// Oldest first, so the bounds are kept by deleting from the front.
+	// Oldest first, so the bounds are kept by deleting from the front;
+	// ListRetired pages through it from the back.
 	bucketRetiredAt = "retired_at"
 	// counters: name → 8 bytes big-endian: "messages" (live messages),
 	// "retired" (retired records), and by recipient of a live message

@@ -127,6 +127,25 @@ type Attempt struct {
 	Enhanced string // "2.0.0", "4.4.1", ...
 	Text     string // reply text or local reason
 	Duration time.Duration
+	// Route is what the attempt met at each host of the route, in the order
+	// it went: hosts skipped without dialling (and why), hosts that failed
+	// (their reply or dial error), and last the host whose reply the fields
+	// above give. Empty for local decisions. At most MaxRouteSteps are kept.
+	Route []RouteStep
+}
+
+// MaxRouteSteps bounds Attempt.Route: a hostile MX list cannot bloat the
+// attempt log.
+const MaxRouteSteps = 32
+
+// RouteStep is one host of an attempt's route and what happened there.
+type RouteStep struct {
+	Host     string // MX host name (or the domain, for a DNS failure)
+	IP       string // "" when the host was not dialled
+	Phase    string // as Attempt.Phase, or "skip" for a host passed over
+	Code     int    // SMTP reply code, 0 when there was no reply
+	Enhanced string
+	Text     string // reply text, dial error, or why it was skipped
 }
 
 // Message is a stored message: live in the queue or retired.

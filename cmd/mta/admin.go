@@ -24,11 +24,13 @@ import (
 
 // adminRequest is one queue operation.
 type adminRequest struct {
-	Op     string       `json:"op"` // list, show, retry, hold, release, delete, flush
+	Op     string       `json:"op"` // list, show, retired, retry, hold, release, delete, flush
 	ID     string       `json:"id,omitempty"`
 	Filter spool.Filter `json:"filter,omitempty"`
 	Limit  int          `json:"limit,omitempty"`
 	Bounce bool         `json:"bounce,omitempty"`
+	// Cursor: retired goes on after this cursor of an earlier answer.
+	Cursor string `json:"cursor,omitempty"`
 }
 
 // adminResponse carries the result or the error text.
@@ -40,6 +42,8 @@ type adminResponse struct {
 	More     bool            `json:"more,omitempty"`
 	Message  *spool.Message  `json:"message,omitempty"`
 	Changed  int             `json:"changed,omitempty"`
+	// Cursor asks retired for the next (older) page; "" at the end.
+	Cursor string `json:"cursor,omitempty"`
 }
 
 // adminServer answers queue operations on the admin socket.
@@ -100,6 +104,8 @@ func (a *adminServer) do(ctx context.Context, req adminRequest) adminResponse {
 		resp, err = a.list(ctx, req)
 	case "show":
 		resp.Message, err = a.spool.Message(req.ID)
+	case "retired":
+		resp.Messages, resp.Cursor, err = a.spool.ListRetired(ctx, req.Cursor, req.Limit)
 	case "retry", "flush":
 		resp.Changed, err = a.spool.Retry(ctx, req.ID, a.now())
 		a.kick()
@@ -139,7 +145,15 @@ func (a *adminServer) list(ctx context.Context, req adminRequest) (adminResponse
 		if err != nil {
 			return resp, err
 		}
-		resp.Messages = append(resp.Messages, page...)
+		for _, m := range page {
+			// Pages carry states without attempt logs; the list shows
+			// each message's last reply, so read it whole (bounded by
+			// limit, one short transaction each).
+			if full, err := a.spool.Message(m.ID); err == nil {
+				m = *full
+			}
+			resp.Messages = append(resp.Messages, m)
+		}
 		if next == "" {
 			return resp, nil
 		}

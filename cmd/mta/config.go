@@ -191,7 +191,12 @@ var unknownField = regexp.MustCompile(`^line (\d+): field (\S+) not found in typ
 
 // ParseConfig is LoadConfig on bytes; name labels the messages.
 func ParseConfig(data []byte, name string) (*Config, error) {
-	c := Default()
+	return parseConfigOnto(Default(), data, name)
+}
+
+// parseConfigOnto overlays data on c (the defaults of whoever runs the
+// daemon: serve, or the lab) and validates the result.
+func parseConfigOnto(c *Config, data []byte, name string) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	var problems []string

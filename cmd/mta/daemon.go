@@ -26,9 +26,15 @@ import (
 type daemonState struct {
 	cfg        *Config
 	configPath string
-	zero       bool // no config file: embedded defaults, fallback ports
-	log        *slog.Logger
-	dirs       dirs
+	// configLabel names the config in the log when there is no file to
+	// name (the lab's).
+	configLabel string
+	zero        bool // no config file: embedded defaults, fallback ports
+	log         *slog.Logger
+	dirs        dirs
+	// timeouts of outgoing sessions; zero fields take RFC 5321's (the lab
+	// shortens them).
+	timeouts delivery.Timeouts
 
 	metrics  *metrics
 	certs    certStore
@@ -93,6 +99,9 @@ func (d *daemonState) start(ctx context.Context) error {
 }
 
 func (d *daemonState) configName() string {
+	if d.configPath == "" && d.configLabel != "" {
+		return d.configLabel
+	}
 	if d.configPath == "" {
 		return "(embedded defaults)"
 	}

@@ -166,6 +166,11 @@ func printMessage(w io.Writer, m *spool.Message, now time.Time) {
 		fmt.Fprintf(w, " (%d attempt(s))\n", r.AttemptCount)
 		for _, a := range r.Attempts {
 			fmt.Fprintf(w, "    %s  %s\n", a.Time.Format("2006-01-02 15:04:05"), attemptText(a))
+			if len(a.Route) > 1 { // a route of one step is the line above
+				for i, s := range a.Route {
+					fmt.Fprintf(w, "      %d. %s\n", i+1, stepLine(s))
+				}
+			}
 		}
 	}
 }

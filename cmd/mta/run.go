@@ -60,6 +60,7 @@ func commands() []command {
 		{"bench", "measure the daemon under load (or generate load, or sink it)", runBench},
 		{"check-config", "validate a config file", runCheckConfig},
 		{"dkim", "make a DKIM signing key and its DNS record", runDKIM},
+		{"lab", "run the MX routing lab: DNS, MX hosts with POP3, and the MTA in one process", runLab},
 		{"queue", "list and manage the queue (through the daemon)", runQueue},
 		{"route", "show how mail to a domain is routed (MX, addresses, DNS trace)", runRoute},
 		{"serve", "run the daemon", runServe},

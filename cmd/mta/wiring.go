@@ -103,6 +103,7 @@ func (d *daemonState) deliveryConfig() (delivery.Config, error) {
 		PerDestinationConns: c.Delivery.PerDestination,
 		MaxRcptsPerTxn:      c.Delivery.MaxRcptsPerMessage,
 		Backoff:             delivery.Backoff{Min: time.Duration(c.Delivery.RetryMin), Max: time.Duration(c.Delivery.RetryMax)},
+		Timeouts:            d.timeouts,
 		Lifetime:            time.Duration(c.Delivery.Lifetime),
 		DelayWarning:        time.Duration(c.Delivery.DelayWarning),
 		Routes:              routes,

@@ -1,0 +1,367 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"mta/internal/peer"
+	"mta/internal/testpeer"
+)
+
+// served is an in-process `mta serve` and what it listens on, read from
+// its "ready" log line.
+type served struct {
+	dir    string
+	config string
+	relay  string
+	admin  string
+	submit string
+	log    *lineLog
+	done   chan error
+}
+
+// lineLog keeps the daemon's recent log lines for assertions.
+type lineLog struct {
+	lines chan string
+}
+
+// worldZone routes example.test to 127.0.0.2 and sender.test to 127.0.0.3.
+const worldZone = `
+example.test. 300 IN MX 10 mx.example.test.
+mx.example.test. 300 IN A 127.0.0.2
+sender.test. 300 IN MX 10 mx.sender.test.
+mx.sender.test. 300 IN A 127.0.0.3
+`
+
+// serveWorld starts DNS, two MX hosts and the daemon in-process with the
+// extra YAML (top-level keys other than those set here), and stops the
+// daemon when the test ends. retry is delivery.retry_min.
+func serveWorld(t *testing.T, extra string) (*served, map[string]*peer.Host) {
+	return serveWorldRetry(t, "1s", extra)
+}
+
+func serveWorldRetry(t *testing.T, retry, extra string) (*served, map[string]*peer.Host) {
+	t.Helper()
+	port, hosts := testpeer.SMTPHosts(t, map[string]peer.Behaviour{"127.0.0.2": {}, "127.0.0.3": {}})
+	dns := testpeer.NewDNS(t, worldZone)
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`hostname: mta.example.test
+myorigin: example.test
+state_dir: %s
+listeners:
+  relay: ["127.0.0.1:0"]
+  submission: []
+  submissions: []
+dns:
+  servers: [%q]
+delivery:
+  port: %d
+  allow_private_mx: true
+  retry_min: %s
+  retry_max: %s
+metrics:
+  address: ""
+%s`, dir, dns.Addr(), port, retry, retry, extra)
+	path := filepath.Join(dir, "mta.yaml")
+	writeFile(t, path, cfg)
+	return startServe(t, path), hosts
+}
+
+func startServe(t *testing.T, config string) *served {
+	t.Helper()
+	pr, pw := io.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &served{dir: filepath.Dir(config), config: config, log: &lineLog{lines: make(chan string, 1000)}, done: make(chan error, 1)}
+	go func() {
+		s.done <- run(ctx, []string{"mta", "serve", "--config", config}, Stdio{In: strings.NewReader(""), Out: io.Discard, Err: pw})
+		pw.Close()
+	}()
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			line := sc.Text()
+			if strings.Contains(line, "msg=ready") {
+				ready <- line
+			}
+			select {
+			case s.log.lines <- line:
+			default:
+			}
+		}
+	}()
+	var result error
+	finished := false
+	t.Cleanup(func() {
+		cancel()
+		if !finished {
+			result = <-s.done
+		}
+		if result != nil {
+			t.Errorf("serve: %v", result)
+		}
+	})
+	select {
+	case line := <-ready:
+		for _, f := range strings.Fields(strings.Trim(line[strings.Index(line, "listening=")+len("listening="):], `"`)) {
+			k, v, _ := strings.Cut(strings.Trim(f, `"`), "=")
+			switch k {
+			case "relay":
+				s.relay = v
+			case "admin":
+				s.admin = v
+			case "submit":
+				s.submit = v
+			}
+		}
+	case result = <-s.done:
+		finished = true
+		t.Fatalf("serve ended before ready: %v", result)
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve not ready in 20s")
+	}
+	return s
+}
+
+// mta runs a client subcommand against this daemon's config.
+func (s *served) mta(t *testing.T, stdin string, args ...string) (string, error) {
+	t.Helper()
+	var out, errb strings.Builder
+	err := run(t.Context(), append([]string{"mta"}, args...), Stdio{In: strings.NewReader(stdin), Out: &out, Err: &errb})
+	if err != nil {
+		code := exitCode(err, &errb)
+		return out.String() + errb.String(), fmt.Errorf("exit %d: %s", code, errb.String())
+	}
+	return out.String() + errb.String(), nil
+}
+
+func sendSMTP(t *testing.T, addr, from string, to []string, msg string) string {
+	t.Helper()
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("client.example.test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail(from, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range to {
+		if err := c.Rcpt(r, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(w, msg); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Quit()
+	id := resp.StatusText[strings.LastIndex(resp.StatusText, " ")+1:]
+	return id
+}
+
+func waitMessages(t *testing.T, h *peer.Host, n int) []peer.Message {
+	t.Helper()
+	testpeer.WaitHost(t, h, fmt.Sprintf("%d message(s)", n), func(h *peer.Host) bool { return len(h.Messages()) >= n })
+	return h.Messages()
+}
+
+// TestServeDeliversAndShows: a message taken on the relay listener is
+// delivered to the MX host, and `mta queue show` explains it afterwards
+// from the retired record, through the admin socket.
+func TestServeDeliversAndShows(t *testing.T) {
+	s, hosts := serveWorld(t, "")
+	id := sendSMTP(t, s.relay, "a@sender.test", []string{"b@example.test"}, "Subject: hi\r\n\r\nhello\r\n")
+	got := waitMessages(t, hosts["127.0.0.2"], 1)
+	if got[0].To[0] != "b@example.test" || !strings.Contains(string(got[0].Data), "by mta.example.test (mta) with ESMTP id "+id) {
+		t.Fatalf("MX got %+v:\n%s", got[0], got[0].Data)
+	}
+	var out string
+	testpeer.WaitFor(t, "the retired record", func() bool {
+		var err error
+		out, err = s.mta(t, "", "queue", "show", id, "--config", s.config)
+		return err == nil && strings.Contains(out, "finished")
+	})
+	for _, want := range []string{"message " + id, "from:     a@sender.test", "to <b@example.test>: delivered", "mx.example.test[127.0.0.2]", "data: 250"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("queue show lacks %q:\n%s", want, out)
+		}
+	}
+	if _, err := s.mta(t, "", "queue", "show", "nosuchid", "--config", s.config); err == nil || !strings.Contains(err.Error(), "exit 65") {
+		t.Errorf("show of an unknown ID: %v", err)
+	}
+	// One log line for the accepted message, one per delivery attempt.
+	accepted := s.log.wait(t, `msg="message accepted"`, "msg_id="+id)
+	attempt := s.log.wait(t, `msg="delivery attempt"`, "msg_id="+id)
+	for _, want := range []string{"listener=relay", "sender=a@sender.test", "rcpts=1"} {
+		if !strings.Contains(accepted, want) {
+			t.Errorf("accept log line lacks %s: %s", want, accepted)
+		}
+	}
+	for _, want := range []string{"rcpt=b@example.test", "mx=mx.example.test", "ip=127.0.0.2", "code=250", "status=delivered"} {
+		if !strings.Contains(attempt, want) {
+			t.Errorf("attempt log line lacks %s: %s", want, attempt)
+		}
+	}
+}
+
+// wait returns the first log line containing every part.
+func (l *lineLog) wait(t *testing.T, parts ...string) string {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case line := <-l.lines:
+			ok := true
+			for _, p := range parts {
+				ok = ok && strings.Contains(line, p)
+			}
+			if ok {
+				return line
+			}
+		case <-timeout:
+			t.Fatalf("no log line with %q", parts)
+		}
+	}
+}
+
+// TestSendmail: `mta sendmail -t` through the submit socket: recipients
+// from To/Cc/Bcc, Bcc dropped from the header, the uid in Received; -f for
+// an untrusted user is refused with EX_NOPERM.
+func TestSendmail(t *testing.T) {
+	s, hosts := serveWorld(t, "")
+	msg := "To: b@example.test\nCc: c@sender.test\nBcc: hidden@example.test\nSubject: report\n\nall good\n.\nnot sent\n"
+	if out, err := s.mta(t, msg, "sendmail", "-C", s.config, "-t", "-F", "Cron Daemon"); err != nil {
+		t.Fatalf("sendmail: %v\n%s", err, out)
+	}
+	mx := waitMessages(t, hosts["127.0.0.2"], 1)
+	other := waitMessages(t, hosts["127.0.0.3"], 1)
+	if got := strings.Join(mx[0].To, ","); got != "b@example.test,hidden@example.test" {
+		t.Errorf("example.test MX got RCPT %s", got)
+	}
+	if other[0].To[0] != "c@sender.test" {
+		t.Errorf("sender.test MX got RCPT %v", other[0].To)
+	}
+	data := string(mx[0].Data)
+	login := currentLogin()
+	for _, want := range []string{"From: \"Cron Daemon\" <" + login + "@example.test>", "Subject: report", "all good\r\n", fmt.Sprintf("(uid %d)", os.Getuid())} {
+		if !strings.Contains(data, want) {
+			t.Errorf("message lacks %q:\n%s", want, data)
+		}
+	}
+	if strings.Contains(data, "Bcc") || strings.Contains(data, "hidden@") || strings.Contains(data, "not sent") {
+		t.Errorf("Bcc or text after the dot leaked:\n%s", data)
+	}
+	if mx[0].From != login+"@example.test" {
+		t.Errorf("envelope sender %q, want %s@example.test", mx[0].From, login)
+	}
+
+	out, err := s.mta(t, "Subject: x\n\nx\n", "sendmail", "-C", s.config, "-f", "ceo@example.test", "b@example.test")
+	if err == nil || !strings.Contains(err.Error(), "exit 77") || !strings.Contains(out, "553") {
+		t.Errorf("-f by an untrusted user: err %v, output %q", err, out)
+	}
+}
+
+// TestSendmailTrustedSender: users in sendmail_trusted_users may choose the
+// envelope sender.
+func TestSendmailTrustedSender(t *testing.T) {
+	s, hosts := serveWorld(t, fmt.Sprintf("sendmail_trusted_users: [%q]\n", fmt.Sprint(os.Getuid())))
+	if out, err := s.mta(t, "Subject: x\n\nx\n", "sendmail", "-C", s.config, "-f", "ceo@example.test", "b@example.test"); err != nil {
+		t.Fatalf("sendmail -f: %v\n%s", err, out)
+	}
+	if got := waitMessages(t, hosts["127.0.0.2"], 1); got[0].From != "ceo@example.test" {
+		t.Errorf("envelope sender %q, want ceo@example.test", got[0].From)
+	}
+}
+
+// TestSendmailMaildrop: with the daemon down, sendmail keeps the message in
+// the maildrop and exits 0; the next start imports and delivers it.
+func TestSendmailMaildrop(t *testing.T) {
+	port, hosts := testpeer.SMTPHosts(t, map[string]peer.Behaviour{"127.0.0.2": {}})
+	dns := testpeer.NewDNS(t, worldZone)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "mta.yaml")
+	writeFile(t, path, fmt.Sprintf("hostname: mta.example.test\nstate_dir: %s\nlisteners: {relay: [\"127.0.0.1:0\"], submission: [], submissions: []}\n"+
+		"dns: {servers: [%q]}\ndelivery: {port: %d, allow_private_mx: true}\nmetrics: {address: \"\"}\n", dir, dns.Addr(), port))
+	if err := ensureMaildrop(filepath.Join(dir, maildropSubdir)); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb strings.Builder
+	err := run(t.Context(), []string{"mta", "sendmail", "-C", path, "b@example.test"}, Stdio{In: strings.NewReader("Subject: cron\n\nbackup done\n"), Out: &out, Err: &errb})
+	if err != nil || !strings.Contains(errb.String(), "kept in") {
+		t.Fatalf("sendmail with the daemon down: %v, %q", err, errb.String())
+	}
+	startServe(t, path)
+	got := waitMessages(t, hosts["127.0.0.2"], 1)
+	if !strings.Contains(string(got[0].Data), "backup done") {
+		t.Errorf("imported message:\n%s", got[0].Data)
+	}
+	files, _ := listMaildrop(filepath.Join(dir, maildropSubdir), time.Now())
+	if len(files) != 0 {
+		t.Errorf("maildrop still holds %v", files)
+	}
+}
+
+// TestQueueCommands drives `mta queue` end to end through the admin
+// socket on a message the MX host defers: list, hold, release, retry,
+// delete with a bounce to the sender.
+func TestQueueCommands(t *testing.T) {
+	s, hosts := serveWorldRetry(t, "1h", "")
+	hosts["127.0.0.2"].SetBehaviour(peer.Behaviour{Rcpt: &peer.Reply{Code: 451, Enhanced: "4.3.0", Text: "try later"}})
+	id := sendSMTP(t, s.relay, "a@sender.test", []string{"b@example.test"}, "Subject: hi\r\n\r\nhello\r\n")
+	cfg := []string{"--config", s.config}
+	q := func(args ...string) string {
+		t.Helper()
+		out, err := s.mta(t, "", append(append([]string{"queue"}, args...), cfg...)...)
+		if err != nil {
+			t.Fatalf("queue %v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+	testpeer.WaitFor(t, "the deferral", func() bool { return strings.Contains(q("show", id), "deferred, next attempt in") })
+	list := q("list")
+	for _, want := range []string{"example.test", id, "451 4.3.0 try later"} {
+		if !strings.Contains(list, want) {
+			t.Errorf("queue list lacks %q:\n%s", want, list)
+		}
+	}
+	if out := q("hold", id); !strings.Contains(out, "hold done") {
+		t.Errorf("hold: %s", out)
+	}
+	if out := q("list", "--state", "held"); !strings.Contains(out, id) {
+		t.Errorf("held message not listed as held:\n%s", out)
+	}
+	q("release", id)
+	if out := q("retry", "all"); !strings.Contains(out, "recipient(s) due now") {
+		t.Errorf("retry: %s", out)
+	}
+	q("delete", id, "--bounce")
+	dsn := waitMessages(t, hosts["127.0.0.3"], 1)
+	if dsn[0].From != "" || !strings.Contains(string(dsn[0].Data), "deleted by the administrator") {
+		t.Errorf("bounce after delete: from <%s>\n%s", dsn[0].From, dsn[0].Data)
+	}
+	if out := q("list"); strings.Contains(out, id) {
+		t.Errorf("deleted message still listed:\n%s", out)
+	}
+	if out := q("show", id); !strings.Contains(out, "finished") || !strings.Contains(out, "deleted by the administrator") {
+		t.Errorf("deleted message's record:\n%s", out)
+	}
+}
