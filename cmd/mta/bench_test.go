@@ -253,3 +253,26 @@ func BenchmarkGenerateIntoSink(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*batch)/time.Since(start).Seconds(), "msgs/s")
 }
+
+// BenchmarkGenerateIntoPeerHost is the generator against internal/peer's
+// go-smtp host, which records every session and keeps every message: the
+// comparison that made the bench sink a lean counting server of its own.
+func BenchmarkGenerateIntoPeerHost(b *testing.B) {
+	h, err := peer.Listen("127.0.0.2:0", peer.Behaviour{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Close()
+	led := newLedger("bp", 1, 1)
+	const batch = 200
+	b.ReportAllocs()
+	start := time.Now()
+	for b.Loop() {
+		g := generate(context.Background(), genOptions{Target: h.Addr(), Messages: batch, Sessions: 20, PerSession: 1,
+			Rcpts: 1, SizeBytes: 2048, Domains: []string{"a.test"}, Helo: "gen.test", From: "s@gen.test"}, led)
+		if g.Accepted != batch {
+			b.Fatalf("accepted %d: %s", g.Accepted, g.FirstErr)
+		}
+	}
+	b.ReportMetric(float64(b.N*batch)/time.Since(start).Seconds(), "msgs/s")
+}
