@@ -40,6 +40,31 @@ func (l *latencies) add(d time.Duration) {
 	l.mu.Unlock()
 }
 
+// mean is the average latency.
+func (l *latencies) mean() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.d) == 0 {
+		return 0
+	}
+	var sum time.Duration
+	for _, d := range l.d {
+		sum += d
+	}
+	return sum / time.Duration(len(l.d))
+}
+
+// sum is the total of the latencies.
+func (l *latencies) sum() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var sum time.Duration
+	for _, d := range l.d {
+		sum += d
+	}
+	return sum
+}
+
 // quantile is the q-th percentile.
 func (l *latencies) quantile(q int) time.Duration {
 	l.mu.Lock()
