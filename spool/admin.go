@@ -181,7 +181,7 @@ func (t *txn) retry(id string, now time.Time) (int, error) {
 	n := 0
 	for i := range sts {
 		old := sts[i]
-		if !old.isDue() || !old.Next.After(now) || t.isClaimed(rkey{id, i}) {
+		if !old.isDue() || !old.Next.After(now) {
 			continue
 		}
 		st := old
@@ -203,7 +203,7 @@ func (t *txn) retryAll(now time.Time) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		if at.After(now) && !t.isClaimed(rkey{id, rcpt}) {
+		if at.After(now) {
 			found = append(found, rkey{id, rcpt})
 		}
 	}
@@ -305,7 +305,7 @@ func (s *Spool) Delete(ctx context.Context, id string, bounce bool, reason strin
 				continue
 			}
 			st := old
-			st.State, st.Held, st.Next, st.Done = Failed, false, time.Time{}, t.now
+			st.State, st.Held, st.Leased, st.Next, st.Done = Failed, false, false, time.Time{}, t.now
 			st.Count++
 			if err := t.addAttempt(id, i, st.Count, &a); err != nil {
 				return err

@@ -25,8 +25,9 @@ type CheckReport struct {
 //
 // In full: bbolt's own page check; every record decodes; every live
 // message has a state per recipient, not all final; every recipient that
-// is neither final nor held has exactly one due key, at its next attempt,
-// and no other recipient has one; the domain index holds exactly the live
+// is neither final, held nor leased has exactly one due key, at its next
+// attempt, every leased one that is not final one lease key, and no other
+// recipient has either; the domain index holds exactly the live
 // recipients; the counters by state and domain match a recount; every
 // attempt, body and retired record belongs to a message; every body file
 // belongs to a live message that refers to it, and every such message's
@@ -62,18 +63,26 @@ func Check(dir string) (CheckReport, error) {
 }
 
 func checkVersion(tx *bolt.Tx) error {
-	meta := tx.Bucket([]byte(bucketMeta))
-	if meta == nil {
-		return corrupt("bucket %q missing", bucketMeta)
-	}
-	v, err := decodeVersion(meta.Get([]byte(keyVersion)))
+	v, err := fileVersion(tx)
 	if err != nil {
 		return err
+	}
+	if v == 1 {
+		return fmt.Errorf("%w: file has 1, this binary knows %d (the daemon upgrades it when it opens it)", ErrVersion, schemaVersion)
 	}
 	if v != schemaVersion {
 		return fmt.Errorf("%w: file has %d, this binary knows %d", ErrVersion, v, schemaVersion)
 	}
 	return nil
+}
+
+// fileVersion is the schema version the file says it has.
+func fileVersion(tx *bolt.Tx) (uint32, error) {
+	meta := tx.Bucket([]byte(bucketMeta))
+	if meta == nil {
+		return 0, corrupt("bucket %q missing", bucketMeta)
+	}
+	return decodeVersion(meta.Get([]byte(keyVersion)))
 }
 
 func (r *CheckReport) add(format string, args ...any) {
@@ -188,25 +197,32 @@ func (c *checker) body(id string, se *storedEnv, bodyDir string) {
 	}
 }
 
-// dueIndex checks that every due key is its recipient's only one.
+// dueIndex checks that every due and lease key is its recipient's only
+// one.
 func (c *checker) dueIndex() {
-	cur := c.b.due.Cursor()
-	for k, _ := cur.First(); k != nil; k, _ = cur.Next() {
-		at, id, i, err := parseDueKey(k)
-		if err != nil {
-			c.bad("due index: %v", err)
-			continue
-		}
-		st, ok, err := getState(c.b, id, i)
-		switch {
-		case err != nil:
-			c.bad("due key %s/%d: %v", id, i, err)
-		case !ok:
-			c.bad("due key %s/%d: no such live recipient", id, i)
-		case !st.isDue():
-			c.bad("due key %s/%d: recipient is %v, held %v", id, i, st.State, st.Held)
-		case !st.Next.Equal(at):
-			c.bad("due key %s/%d at %v: recipient is due at %v", id, i, at, st.Next)
+	for _, x := range []struct {
+		name string
+		b    *bolt.Bucket
+		want func(*rstate) bool
+	}{{"due", c.b.due, (*rstate).isDue}, {"lease", c.b.leases, (*rstate).isLeased}} {
+		cur := x.b.Cursor()
+		for k, _ := cur.First(); k != nil; k, _ = cur.Next() {
+			at, id, i, err := parseDueKey(k)
+			if err != nil {
+				c.bad("%s index: %v", x.name, err)
+				continue
+			}
+			st, ok, err := getState(c.b, id, i)
+			switch {
+			case err != nil:
+				c.bad("%s key %s/%d: %v", x.name, id, i, err)
+			case !ok:
+				c.bad("%s key %s/%d: no such live recipient", x.name, id, i)
+			case !x.want(&st):
+				c.bad("%s key %s/%d: recipient is %v, held %v, leased %v", x.name, id, i, st.State, st.Held, st.Leased)
+			case !st.Next.Equal(at):
+				c.bad("%s key %s/%d at %v: recipient is due at %v", x.name, id, i, at, st.Next)
+			}
 		}
 	}
 }

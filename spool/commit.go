@@ -23,7 +23,10 @@ type request struct {
 	apply func(t *txn) error
 	// enqueue marks a new message from outside, refused when space is low.
 	enqueue bool
-	done    chan error
+	// async marks a request nobody waits for (Unclaim): answering it
+	// lowers Spool.unclaiming.
+	async bool
+	done  chan error
 }
 
 func newRequest(enqueue bool, apply func(t *txn) error) *request {
@@ -34,14 +37,29 @@ func newRequest(enqueue bool, apply func(t *txn) error) *request {
 // over, the operation runs to the end whatever the caller's context says:
 // its outcome must be known.
 func (s *Spool) submit(r *request) error {
+	if err := s.send(r); err != nil {
+		return err
+	}
+	return <-r.done
+}
+
+// send hands r to the committer without waiting for its answer.
+func (s *Spool) send(r *request) error {
 	s.mu.RLock()
+	defer s.mu.RUnlock()
 	if s.closed {
-		s.mu.RUnlock()
 		return ErrClosed
 	}
 	s.reqs <- r
-	s.mu.RUnlock()
-	return <-r.done
+	return nil
+}
+
+// answer gives r its outcome.
+func (s *Spool) answer(r *request, err error) {
+	r.done <- err
+	if r.async {
+		s.unclaiming.Add(-1)
+	}
 }
 
 // commitLoop is the committer: the one goroutine that writes. It takes
@@ -101,13 +119,13 @@ func (s *Spool) runBatch(batch []*request) {
 		}
 		s.log.Error("spool commit", "err", err)
 		for _, r := range batch {
-			r.done <- err
+			s.answer(r, err)
 		}
 		return
 	}
 	s.afterCommit(t)
 	for i, r := range batch {
-		r.done <- errs[i]
+		s.answer(r, errs[i])
 	}
 }
 
@@ -166,18 +184,8 @@ func (s *Spool) tryBatch(batch []*request, lowSpace bool) (t *txn, errs []error,
 }
 
 // afterCommit carries out what the committed transaction left to do:
-// claims taken and ended, body files of retired messages, the due kick.
+// body files of retired messages, log lines, the due kick.
 func (s *Spool) afterCommit(t *txn) {
-	if len(t.claims) > 0 || len(t.unclaims) > 0 {
-		s.claimMu.Lock()
-		for _, k := range t.unclaims {
-			delete(s.claimed, k)
-		}
-		for k := range t.claims {
-			s.claimed[k] = struct{}{}
-		}
-		s.claimMu.Unlock()
-	}
 	for _, id := range t.removeFiles {
 		if err := os.Remove(s.bodyPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			// Open removes it as an orphan next time.
@@ -204,11 +212,9 @@ type txn struct {
 	domain map[string]*[3]int64 // pending, deferred, held changes by domain
 	dirty  bool                 // something was written
 
-	claims      map[rkey]struct{} // claimed in this transaction
-	unclaims    []rkey            // claims that end when it commits
-	removeFiles []string          // body files of messages it retired
-	dueNow      bool              // it made a recipient due now
-	stale       []rkey            // results it ignored, logged after the commit
+	removeFiles []string // body files of messages it retired
+	dueNow      bool     // it made a recipient due now (or gave claims back)
+	stale       []rkey   // results it ignored, logged after the commit
 }
 
 // appendFill is the page fill for buckets whose keys are mostly added at
@@ -220,7 +226,7 @@ func newTxn(s *Spool, tx *bolt.Tx, b bk) *txn {
 	for _, bucket := range []*bolt.Bucket{b.msgs, b.rcpts, b.attempts, b.bodies, b.due, b.retired, b.retiredAt} {
 		bucket.FillPercent = appendFill
 	}
-	return &txn{bk: b, s: s, tx: tx, now: s.now(), domain: make(map[string]*[3]int64), claims: make(map[rkey]struct{})}
+	return &txn{bk: b, s: s, tx: tx, now: s.now(), domain: make(map[string]*[3]int64)}
 }
 
 // put and del write through the txn so it knows it is dirty; their errors
@@ -292,16 +298,4 @@ func (t *txn) addDomain(d string, delta *[3]int64) error {
 		return t.del(t.domains, []byte(d))
 	}
 	return t.put(t.domains, []byte(d), encodeDomainCount(c))
-}
-
-// isClaimed reports whether a claim on k is outstanding or taken in this
-// transaction.
-func (t *txn) isClaimed(k rkey) bool {
-	if _, ok := t.claims[k]; ok {
-		return true
-	}
-	t.s.claimMu.Lock()
-	_, ok := t.s.claimed[k]
-	t.s.claimMu.Unlock()
-	return ok
 }

@@ -31,7 +31,9 @@
 //   - Claim commits each recipient's lease (its next attempt if the attempt
 //     never reports) before returning, so after a crash every recipient
 //     whose outcome was not recorded is due again at a committed time:
-//     at-least-once delivery and no hot retry loop.
+//     at-least-once delivery and no hot retry loop. A claim is the leased
+//     flag in the recipient's state, its key moved from the due index to
+//     the leases index; Open gives back the leases a killed process left.
 //   - Body files no live envelope refers to (a crash during DATA, or after
 //     a retirement's commit but before its file was removed) are removed
 //     at Open.
@@ -47,8 +49,11 @@
 //
 //   - A message is live exactly while its envelope is in msgs; it has one
 //     state per recipient, and at least one is not final.
-//   - Every live recipient that is neither final nor held has exactly one
-//     due key, at its NextAttempt; no other recipient has one.
+//   - Every live recipient that is neither final, held nor leased has
+//     exactly one due key, at its NextAttempt; every leased one that is not
+//     final has one lease key, at its NextAttempt (the lease); no other
+//     recipient has either. So the first due key is the earliest recipient
+//     Claim may take, whatever is claimed.
 //   - Every live recipient that is not final has one domain index key.
 //   - The counters (messages, retired, and pending, deferred, held by
 //     recipient and by domain) equal a recount.

@@ -13,9 +13,9 @@ import (
 // attempt never reports (a crash). A claimed recipient is not returned
 // again until its result is recorded or it is unclaimed.
 //
-// lease runs inside the commit and must have no side effects. The due
-// index is ordered by next attempt time, so Claim reads only the keys it
-// returns (and any claimed ones whose lease has already passed).
+// lease runs inside the commit and must have no side effects. Claimed
+// recipients leave the due index for the leases index, so Claim reads
+// only the keys it returns, however many claims are outstanding.
 func (s *Spool) Claim(ctx context.Context, now time.Time, limit int, lease func(Task) time.Time) ([]Task, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -46,9 +46,7 @@ func (t *txn) claim(now time.Time, limit int, lease func(Task) time.Time) ([]Tas
 		if at.After(now) {
 			break
 		}
-		if !t.isClaimed(rkey{id, rcpt}) {
-			found = append(found, rkey{id, rcpt})
-		}
+		found = append(found, rkey{id, rcpt})
 	}
 	tasks := make([]Task, 0, len(found))
 	for _, d := range found {
@@ -61,6 +59,7 @@ func (t *txn) claim(now time.Time, limit int, lease func(Task) time.Time) ([]Tas
 		}
 		task := Task{ID: d.id, Rcpt: d.rcpt, Domain: old.Domain, Attempts: old.Count}
 		st := old
+		st.Leased = true
 		st.Next = lease(task)
 		if st.Next.IsZero() {
 			st.Next = now
@@ -68,45 +67,88 @@ func (t *txn) claim(now time.Time, limit int, lease func(Task) time.Time) ([]Tas
 		if err := t.setRcpt(d.id, d.rcpt, &old, &st); err != nil {
 			return nil, err
 		}
-		t.claims[d] = struct{}{}
 		tasks = append(tasks, task)
 	}
 	return tasks, nil
 }
 
 // Unclaim gives claimed tasks back without a result; they keep the
-// NextAttempt their claim committed.
+// NextAttempt their claim committed. It does not wait for the commit that
+// ends the leases, but Claim and NextDue called after it see them ended,
+// and OnDue is called once they are.
 func (s *Spool) Unclaim(tasks []Task) {
-	s.claimMu.Lock()
-	defer s.claimMu.Unlock()
-	for _, task := range tasks {
-		delete(s.claimed, rkey{task.ID, task.Rcpt})
+	if len(tasks) == 0 {
+		return
+	}
+	keys := make([]rkey, len(tasks))
+	for i, task := range tasks {
+		keys[i] = rkey{task.ID, task.Rcpt}
+	}
+	r := newRequest(false, func(t *txn) error { return t.unlease(keys) })
+	r.async = true
+	s.unclaiming.Add(1)
+	if err := s.send(r); err != nil {
+		// Closed: the next Open gives every lease back.
+		s.unclaiming.Add(-1)
 	}
 }
 
-// NextDue is the earliest NextAttempt among unclaimed, unheld, live
-// recipients; ok is false when there is none.
-func (s *Spool) NextDue() (t time.Time, ok bool, err error) {
-	err = s.view(func(_ *bolt.Tx, b bk) error {
-		c := b.due.Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
-			at, id, rcpt, err := parseDueKey(k)
-			if err != nil {
-				return err
-			}
-			if !s.isClaimed(rkey{id, rcpt}) {
-				t, ok = at, true
-				return nil
-			}
+// unlease ends the leases of keys: each recipient goes back to the due
+// index at its lease (or stays out of it while held). Recipients that are
+// gone, final or not leased are left alone.
+func (t *txn) unlease(keys []rkey) error {
+	for _, k := range keys {
+		old, ok, err := getState(t.bk, k.id, k.rcpt)
+		if err != nil {
+			return err
 		}
-		return nil
-	})
-	return t, ok, err
+		if !ok || !old.isLeased() {
+			continue
+		}
+		st := old
+		st.Leased = false
+		if err := t.setRcpt(k.id, k.rcpt, &old, &st); err != nil {
+			return err
+		}
+		t.dueNow = t.dueNow || !st.Held
+	}
+	return nil
 }
 
-func (s *Spool) isClaimed(k rkey) bool {
-	s.claimMu.Lock()
-	_, ok := s.claimed[k]
-	s.claimMu.Unlock()
-	return ok
+// releaseLeases ends every lease in the file: at Open, the leases of an
+// earlier process (killed, or closed with attempts unreported) are nobody's.
+func (t *txn) releaseLeases() error {
+	var keys []rkey
+	c := t.leases.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		_, id, rcpt, err := parseDueKey(k)
+		if err != nil {
+			return err
+		}
+		keys = append(keys, rkey{id, rcpt})
+	}
+	return t.unlease(keys)
+}
+
+// NextDue is the earliest NextAttempt among unclaimed, unheld, live
+// recipients; ok is false when there is none. It reads one key: the first
+// of the due index, which holds exactly those recipients.
+func (s *Spool) NextDue() (t time.Time, ok bool, err error) {
+	if s.unclaiming.Load() > 0 {
+		// An Unclaim before this call may not be committed yet: wait for
+		// the committer to pass it.
+		if err := s.submit(newRequest(false, func(*txn) error { return nil })); err != nil {
+			return time.Time{}, false, err
+		}
+	}
+	err = s.view(func(_ *bolt.Tx, b bk) error {
+		k, _ := b.due.Cursor().First()
+		if k == nil {
+			return nil
+		}
+		at, _, _, err := parseDueKey(k)
+		t, ok = at, err == nil
+		return err
+	})
+	return t, ok, err
 }

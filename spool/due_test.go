@@ -97,6 +97,42 @@ func TestLeaseSurvivesRestart(t *testing.T) {
 	}
 }
 
+// TestLeasesGivenBackAtOpen: the leases a process left (killed, or closed
+// with attempts unreported) are nobody's claims once the spool is opened
+// again, held recipients' included: each is due at its lease, and a held
+// one when it is released.
+func TestLeasesGivenBackAtOpen(t *testing.T) {
+	clk := newClock()
+	dir := t.TempDir()
+	s := openIn(t, dir, Options{Now: clk.Now})
+	held := enqueue(t, s, envelope("a@o.test", "b@d.example"), nil)
+	free := enqueue(t, s, envelope("a@o.test", "c@e.example"), nil)
+	now := clk.Now()
+	if tasks := claimAll(t, s, now, 10*time.Minute); len(tasks) != 2 {
+		t.Fatalf("claimed %d, want 2", len(tasks))
+	}
+	if err := s.Hold(t.Context(), held); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	checkClean(t, dir)
+	s = openIn(t, dir, Options{Now: clk.Now})
+	verifyNow(t, s)
+	if next, ok, err := s.NextDue(); err != nil || !ok || !next.Equal(now.Add(10*time.Minute)) {
+		t.Errorf("NextDue after reopening = %v, %v, %v; want the lease", next, ok, err)
+	}
+	clk.Advance(time.Hour)
+	if err := s.Release(t.Context(), held); err != nil {
+		t.Fatal(err)
+	}
+	tasks := claimAll(t, s, clk.Now(), time.Hour)
+	if got, want := sortedIDs(tasks), sortedIDs([]Task{{ID: held}, {ID: free}}); !slices.Equal(got, want) {
+		t.Fatalf("claimed %v after reopening and releasing, want %v", got, want)
+	}
+}
+
 func TestNextDue(t *testing.T) {
 	clk := newClock()
 	s, _ := openSpool(t, Options{Now: clk.Now})

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -88,6 +89,27 @@ func TestOpenErrors(t *testing.T) {
 				t.Errorf("Check: %v, want %v", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestOpenUpgradesVersion1: a file of schema version 1 (no leases bucket)
+// is refused by Check, and upgraded by Open with its messages intact.
+func TestOpenUpgradesVersion1(t *testing.T) {
+	dir, ids := spoolWith(t, 3)
+	rawUpdate(t, dir, func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket([]byte(bucketLeases)); err != nil {
+			return err
+		}
+		return tx.Bucket([]byte(bucketMeta)).Put([]byte(keyVersion), encodeVersion(1))
+	})
+	if _, err := Check(dir); !errors.Is(err, ErrVersion) {
+		t.Errorf("Check of a version 1 file: %v, want ErrVersion", err)
+	}
+	s := openIn(t, dir, Options{})
+	verifyNow(t, s)
+	tasks := claimAll(t, s, farFuture, time.Hour)
+	if got, want := sortedIDs(tasks), sortedIDs([]Task{{ID: ids[0]}, {ID: ids[1]}, {ID: ids[2]}}); !slices.Equal(got, want) {
+		t.Errorf("claimed %v after the upgrade, want %v", got, want)
 	}
 }
 

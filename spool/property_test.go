@@ -372,6 +372,7 @@ func (p *prop) compare() {
 			}
 		}
 	}
+	p.checkNextDue()
 	c, err := p.s.Counts()
 	if err != nil {
 		p.t.Fatal(err)
@@ -380,6 +381,27 @@ func (p *prop) compare() {
 		p.t.Errorf("Counts %+v, want %+v", c, want)
 	}
 	p.checkList()
+}
+
+// checkNextDue checks NextDue against the model: exactly the earliest next
+// attempt of a live recipient that is not final, held or claimed. Later
+// would stall delivery; earlier would wake it for nothing.
+func (p *prop) checkNextDue() {
+	var want time.Time
+	for _, m := range p.msgs {
+		for _, r := range m.rcpts {
+			if !m.retired && !r.state.Final() && !r.held && !r.claimed && (want.IsZero() || r.next.Before(want)) {
+				want = r.next
+			}
+		}
+	}
+	got, ok, err := p.s.NextDue()
+	if err != nil {
+		p.t.Fatalf("NextDue: %v", err)
+	}
+	if ok != !want.IsZero() || !got.Equal(want) {
+		p.t.Errorf("NextDue = %v, %v; want %v (zero: none)", got, ok, want)
+	}
 }
 
 // checkList pages through every live message.

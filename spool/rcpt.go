@@ -21,8 +21,26 @@ func (r *rstate) class() (counter, bool) {
 	return cDeferred, true
 }
 
-// isDue reports whether the recipient has a key in the due index.
-func (r *rstate) isDue() bool { return !r.State.Final() && !r.Held }
+// isDue reports whether the recipient has a key in the due index: Claim
+// may take it once its time comes.
+func (r *rstate) isDue() bool { return !r.State.Final() && !r.Held && !r.Leased }
+
+// isLeased reports whether the recipient has a key in the leases index.
+func (r *rstate) isLeased() bool { return !r.State.Final() && r.Leased }
+
+// index is the bucket that holds the recipient's key at Next (due or
+// leases), or nil when it has none.
+func (t *txn) index(r *rstate) *bolt.Bucket {
+	switch {
+	case r == nil || r.State.Final():
+		return nil
+	case r.Leased:
+		return t.leases
+	case r.Held:
+		return nil
+	}
+	return t.due
+}
 
 // getState reads a recipient's state; ok is false when it does not exist.
 func getState(b bk, id string, rcpt int) (st rstate, ok bool, err error) {
@@ -73,25 +91,24 @@ func (t *txn) setRcpt(id string, rcpt int, old, new *rstate) error {
 	return t.put(t.rcpts, rcptKey(id, rcpt), encodeState(new))
 }
 
-// setDue moves the recipient's key in the due index.
+// setDue moves the recipient's key in the due and leases indexes.
 func (t *txn) setDue(id string, rcpt int, old, new *rstate) error {
-	oldDue := old != nil && old.isDue()
-	newDue := new != nil && new.isDue()
-	if oldDue && newDue && old.Next.Equal(new.Next) {
+	from, to := t.index(old), t.index(new)
+	if from != nil && from == to && old.Next.Equal(new.Next) {
 		return nil
 	}
-	if oldDue {
-		if err := t.del(t.due, dueKey(old.Next, id, rcpt)); err != nil {
+	if from != nil {
+		if err := t.del(from, dueKey(old.Next, id, rcpt)); err != nil {
 			return err
 		}
 	}
-	if !newDue {
+	if to == nil {
 		return nil
 	}
-	if !new.Next.After(t.now) {
+	if to == t.due && !new.Next.After(t.now) {
 		t.dueNow = true
 	}
-	return t.put(t.due, dueKey(new.Next, id, rcpt), nil)
+	return t.put(to, dueKey(new.Next, id, rcpt), nil)
 }
 
 // count changes a recipient counter and its domain's.

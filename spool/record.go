@@ -235,16 +235,21 @@ type rstate struct {
 	State         State
 	Held          bool
 	DelayNotified bool
-	Next          time.Time
-	Count         int
-	Done          time.Time
-	Arrival       time.Time
-	Domain        string
+	// Leased: Claim handed it out and its result is not recorded; Next is
+	// the lease. Never set on a final recipient.
+	Leased  bool
+	Next    time.Time
+	Count   int
+	Done    time.Time
+	Arrival time.Time
+	Domain  string
 }
 
 const (
 	rsHeld = 1 << iota
 	rsDelayNotified
+	rsLeased
+	rsFlagsAll = rsHeld | rsDelayNotified | rsLeased
 )
 
 func encodeState(r *rstate) []byte {
@@ -256,6 +261,9 @@ func encodeState(r *rstate) []byte {
 	}
 	if r.DelayNotified {
 		flags |= rsDelayNotified
+	}
+	if r.Leased {
+		flags |= rsLeased
 	}
 	e.uvarint(flags)
 	e.time(r.Next)
@@ -274,10 +282,10 @@ func decodeState(b []byte) (rstate, error) {
 		d.fail("state %d", r.State)
 	}
 	flags := d.uvarint()
-	if flags&^(rsHeld|rsDelayNotified) != 0 {
+	if flags&^rsFlagsAll != 0 {
 		d.fail("flags %#x", flags)
 	}
-	r.Held, r.DelayNotified = flags&rsHeld != 0, flags&rsDelayNotified != 0
+	r.Held, r.DelayNotified, r.Leased = flags&rsHeld != 0, flags&rsDelayNotified != 0, flags&rsLeased != 0
 	r.Next = d.time()
 	r.Count = d.small(1 << 31)
 	r.Done = d.time()

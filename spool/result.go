@@ -62,7 +62,6 @@ func (t *txn) record(results []Result, news []*pendingMessage) error {
 	var touched []string
 	for i := range results {
 		res := &results[i]
-		t.unclaims = append(t.unclaims, rkey{res.ID, res.Rcpt})
 		old, ok, err := getState(t.bk, res.ID, res.Rcpt)
 		if err != nil {
 			return err
@@ -110,6 +109,7 @@ func (t *txn) checkNewIDs(news []*pendingMessage) error {
 func (t *txn) apply(res *Result, old *rstate) error {
 	st := *old
 	st.State = res.State
+	st.Leased = false
 	st.Count++
 	st.DelayNotified = st.DelayNotified || res.DelayNotified
 	if res.State == Deferred {
@@ -182,7 +182,6 @@ func (t *txn) retire(id string, se *storedEnv, sts []rstate, notify bool) error 
 		if err := t.delAttempts(id, i); err != nil {
 			return err
 		}
-		t.unclaims = append(t.unclaims, rkey{id, i})
 	}
 	if err := t.del(t.msgs, []byte(id)); err != nil {
 		return err

@@ -10,8 +10,13 @@ import (
 
 // schemaVersion is the layout described in this file. A file with another
 // version is refused with ErrVersion: this binary cannot know what a newer
-// one wrote, and an older layout would need a migration written for it.
-const schemaVersion = 1
+// one wrote, and an older layout needs a migration written for it.
+//
+// Version 1 had no leases bucket and no leased flag: a claim lived in the
+// daemon's memory only, its recipient's key staying in due. Open upgrades
+// such a file by adding the empty bucket (a version 1 file has no claim a
+// new process could hold).
+const schemaVersion = 2
 
 // The spool file holds these top-level buckets. "id" is a message ID (see
 // validID: never contains NUL, so NUL separates it from what follows),
@@ -26,8 +31,8 @@ const (
 	// parameters, origin, size, and whether the body is a file). One key
 	// per live message: a message is live exactly while this key exists.
 	bucketMsgs = "msgs"
-	// rcpts: id NUL rcpt → recipient state record (state, held, next
-	// attempt, attempt count, delay notified, done, arrival, domain).
+	// rcpts: id NUL rcpt → recipient state record (state, held, leased,
+	// next attempt, attempt count, delay notified, done, arrival, domain).
 	// Exactly one per recipient of a live message.
 	bucketRcpts = "rcpts"
 	// attempts: id NUL rcpt seq → attempt record, seq being 4 bytes
@@ -40,9 +45,16 @@ const (
 	// envelope record says so.
 	bucketBodies = "bodies"
 	// due: time id NUL rcpt → empty. One key per live recipient that is
-	// neither final nor held, at its next attempt time: "due now, up to N"
-	// is a cursor from the first key.
+	// neither final, held nor leased, at its next attempt time: "due now,
+	// up to N" is a cursor from the first key, and the first key is the
+	// earliest recipient Claim may take.
 	bucketDue = "due"
+	// leases: time id NUL rcpt → empty. One key per live recipient that is
+	// leased (claimed by Claim, its result not recorded) and not final,
+	// held or not, at its next attempt time (the lease). Claims are kept
+	// apart from due so that neither Claim nor NextDue ever steps over
+	// them; Open gives back every lease left by an earlier process.
+	bucketLeases = "leases"
 	// domains: domain → domain counter record (pending, deferred, held
 	// recipients). Deleted when all three are zero.
 	bucketDomains = "domains"
@@ -66,7 +78,7 @@ const (
 // allBuckets lists every bucket; a file missing one is corrupt.
 func allBuckets() []string {
 	return []string{
-		bucketMeta, bucketMsgs, bucketRcpts, bucketAttempts, bucketBodies, bucketDue,
+		bucketMeta, bucketMsgs, bucketRcpts, bucketAttempts, bucketBodies, bucketDue, bucketLeases,
 		bucketDomains, bucketByDomain, bucketRetired, bucketRetiredAt, bucketCounters,
 	}
 }
@@ -89,14 +101,14 @@ func (c counter) key() []byte {
 
 // bk holds a transaction's bucket handles.
 type bk struct {
-	meta, msgs, rcpts, attempts, bodies, due, domains, byDomain, retired, retiredAt, counters *bolt.Bucket
+	meta, msgs, rcpts, attempts, bodies, due, leases, domains, byDomain, retired, retiredAt, counters *bolt.Bucket
 }
 
 // buckets opens every bucket of tx; a missing one means a damaged file.
 func buckets(tx *bolt.Tx) (bk, error) {
 	var b bk
 	ptrs := []**bolt.Bucket{
-		&b.meta, &b.msgs, &b.rcpts, &b.attempts, &b.bodies, &b.due,
+		&b.meta, &b.msgs, &b.rcpts, &b.attempts, &b.bodies, &b.due, &b.leases,
 		&b.domains, &b.byDomain, &b.retired, &b.retiredAt, &b.counters,
 	}
 	for i, name := range allBuckets() {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -42,10 +43,9 @@ type Spool struct {
 	reqs   chan *request
 	done   chan struct{} // closed when the committer has exited
 
-	// claimMu guards claimed: the recipients handed out by Claim whose
-	// result is not recorded yet. Only the committer adds to it.
-	claimMu sync.Mutex
-	claimed map[rkey]struct{}
+	// unclaiming counts Unclaim requests not yet answered by the
+	// committer; NextDue waits for them.
+	unclaiming atomic.Int64
 }
 
 // rkey names one recipient of one message.
@@ -109,7 +109,6 @@ func Open(dir string, opts Options) (*Spool, error) {
 		dir:     dir,
 		bodyDir: filepath.Join(dir, bodyDir),
 		opts:    withDefaults(opts),
-		claimed: make(map[rkey]struct{}),
 		reqs:    make(chan *request, 256),
 		done:    make(chan struct{}),
 	}
@@ -130,13 +129,37 @@ func Open(dir string, opts Options) (*Spool, error) {
 	return s, nil
 }
 
-// start checks the schema (creating it in a new file) and removes orphan
-// body files.
+// start checks the schema (creating it in a new file), gives back the
+// leases an earlier process left and removes orphan body files.
 func (s *Spool) start() error {
 	if err := initSchema(s.db); err != nil {
 		return err
 	}
+	if err := s.releaseLeases(); err != nil {
+		return err
+	}
 	return s.removeOrphans()
+}
+
+// releaseLeases ends every lease in the file before the committer starts:
+// they are due again at the times they committed. A file without leases
+// is not written.
+func (s *Spool) releaseLeases() error {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	r := newRequest(false, func(t *txn) error { return t.releaseLeases() })
+	t, errs, err := s.tryBatch([]*request{r}, false)
+	if err == nil {
+		err = errs[0]
+	}
+	if err != nil {
+		var abort abortError
+		if errors.As(err, &abort) {
+			err = abort.err
+		}
+		return fmt.Errorf("give back leases: %w", err)
+	}
+	s.afterCommit(t)
+	return nil
 }
 
 // makeDirs creates the spool directory and its body directory, fsyncing
@@ -181,14 +204,18 @@ func openDB(path string, noSync, readOnly bool) (db *bolt.DB, err error) {
 	return db, nil
 }
 
-// initSchema creates the buckets and version of a new file, or checks an
-// existing file's version and buckets (in a read transaction: opening a
-// spool writes nothing).
+// initSchema creates the buckets and version of a new file, upgrades a
+// version 1 file, or checks an existing file's version and buckets (in a
+// read transaction: opening a current spool writes nothing here).
 func initSchema(db *bolt.DB) (err error) {
 	defer catchFault(&err)
-	empty := false
+	empty, old := false, false
 	err = db.View(func(tx *bolt.Tx) error {
 		if tx.Bucket([]byte(bucketMeta)) != nil {
+			if v, err := fileVersion(tx); err == nil && v == 1 {
+				old = true
+				return nil
+			}
 			if err := checkVersion(tx); err != nil {
 				return err
 			}
@@ -202,10 +229,15 @@ func initSchema(db *bolt.DB) (err error) {
 		}
 		return nil
 	})
-	if err != nil || !empty {
+	switch {
+	case err != nil:
 		return err
+	case empty:
+		return db.Update(createSchema)
+	case old:
+		return db.Update(upgradeV1)
 	}
-	return db.Update(createSchema)
+	return nil
 }
 
 func createSchema(tx *bolt.Tx) error {
@@ -215,6 +247,19 @@ func createSchema(tx *bolt.Tx) error {
 		}
 	}
 	return tx.Bucket([]byte(bucketMeta)).Put([]byte(keyVersion), encodeVersion(schemaVersion))
+}
+
+// upgradeV1 brings a version 1 file to this version: it adds the leases
+// bucket, empty (version 1 kept claims in memory only).
+func upgradeV1(tx *bolt.Tx) error {
+	if _, err := tx.CreateBucket([]byte(bucketLeases)); err != nil {
+		return fmt.Errorf("upgrade spool: create bucket %s: %w", bucketLeases, err)
+	}
+	if err := tx.Bucket([]byte(bucketMeta)).Put([]byte(keyVersion), encodeVersion(schemaVersion)); err != nil {
+		return fmt.Errorf("upgrade spool: %w", err)
+	}
+	_, err := buckets(tx)
+	return err
 }
 
 // catchFault turns a panic or memory fault while reading a damaged file
