@@ -123,6 +123,7 @@ func (s *Spool) runBatch(batch []*request) {
 		}
 		return
 	}
+	s.wrote = s.wrote || t.dirty
 	s.afterCommit(t)
 	for i, r := range batch {
 		s.answer(r, errs[i])

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -111,6 +112,50 @@ func TestOpenUpgradesVersion1(t *testing.T) {
 	if got, want := sortedIDs(tasks), sortedIDs([]Task{{ID: ids[0]}, {ID: ids[1]}, {ID: ids[2]}}); !slices.Equal(got, want) {
 		t.Errorf("claimed %v after the upgrade, want %v", got, want)
 	}
+}
+
+// TestFreelistWrittenAtClose: while the spool is open its commits leave
+// the freelist out of the file; Close writes it, so that the next Open
+// reads it instead of walking every page.
+func TestFreelistWrittenAtClose(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		enqueue(t, s, envelope("a@o.test", "b@d.example"), bodyOf("x", 3000))
+	}
+	if metaFreelist(t, dir) {
+		t.Errorf("a commit while open wrote the freelist")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !metaFreelist(t, dir) {
+		t.Errorf("Close left the file without its freelist")
+	}
+	checkClean(t, dir)
+}
+
+// metaFreelist reads bbolt's newer meta page and reports whether it points
+// to a freelist: a page header of 16 bytes, then magic, version, page
+// size, flags (4 bytes each), the root bucket (16), the freelist page,
+// the high water mark and the transaction id (8 each).
+func metaFreelist(t *testing.T, dir string) bool {
+	t.Helper()
+	f, err := os.ReadFile(filepath.Join(dir, dbName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pageSize := int(binary.LittleEndian.Uint32(f[24:]))
+	var freelist, txid uint64
+	for _, off := range []int{0, pageSize} {
+		if id := binary.LittleEndian.Uint64(f[off+64:]); id >= txid {
+			freelist, txid = binary.LittleEndian.Uint64(f[off+48:]), id
+		}
+	}
+	return freelist != ^uint64(0)
 }
 
 func TestOpenLocked(t *testing.T) {
