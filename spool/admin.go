@@ -41,7 +41,7 @@ func (s *Spool) List(ctx context.Context, f Filter, after string, limit int) ([]
 	limit = min(limit, maxListLimit)
 	var out []Message
 	var next string
-	err = s.view(func(_ *bolt.Tx, b bk) error {
+	err = s.view(setMsgs|setRcpts, func(_ *bolt.Tx, b bk) error {
 		out, next = nil, ""
 		c := b.msgs.Cursor()
 		k, v := c.First()
@@ -113,7 +113,7 @@ func (f Filter) matcher(now time.Time) (func(*Message) bool, error) {
 // oldest message), never the queue itself.
 func (s *Spool) Counts() (Counts, error) {
 	c := Counts{ByState: make(map[string]int), ByDomain: make(map[string]DomainCount)}
-	err := s.view(func(_ *bolt.Tx, b bk) error {
+	err := s.view(setCounters|setDomains|setByDomain, func(_ *bolt.Tx, b bk) error {
 		var vals [numCounters]int64
 		for n := counter(0); n < numCounters; n++ {
 			v, err := getUint64(b.counters.Get(n.key()))

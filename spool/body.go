@@ -214,28 +214,36 @@ func (s *Spool) Body(id string) (io.ReadCloser, error) {
 	}
 	var inline []byte
 	var file bool
-	err := s.view(func(_ *bolt.Tx, b bk) error {
+	err := s.view(setMsgs|setBodies, func(_ *bolt.Tx, b bk) error {
 		v := b.msgs.Get([]byte(id))
 		if v == nil {
 			return fmt.Errorf("%w: %s", ErrNotFound, id)
 		}
-		se, err := decodeEnv(v)
-		if err != nil {
+		var err error
+		if file, err = envFile(v); err != nil || file {
 			return err
 		}
-		if file = se.file; file {
-			return nil
-		}
-		body := b.bodies.Get([]byte(id))
-		if body == nil {
-			return corrupt("message %s: body missing", id)
-		}
-		inline = bytes.Clone(body)
-		return nil
+		inline, err = inlineBody(b, id)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
+	return s.openBody(id, file, inline)
+}
+
+// inlineBody copies the inline body of live message id out of the
+// transaction.
+func inlineBody(b bk, id string) ([]byte, error) {
+	body := b.bodies.Get([]byte(id))
+	if body == nil {
+		return nil, corrupt("message %s: body missing", id)
+	}
+	return bytes.Clone(body), nil
+}
+
+// openBody is a reader of message id's body: inline, or its file.
+func (s *Spool) openBody(id string, file bool, inline []byte) (io.ReadCloser, error) {
 	if !file {
 		return io.NopCloser(bytes.NewReader(inline)), nil
 	}
@@ -315,8 +323,8 @@ func isLiveFile(b bk, name string) bool {
 	if v == nil {
 		return false
 	}
-	se, err := decodeEnv(v)
-	return err == nil && se.file
+	file, err := envFile(v)
+	return err == nil && file
 }
 
 // lowSpace reports whether the spool's file system has less free space

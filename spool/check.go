@@ -358,7 +358,7 @@ func (c *checker) bodyFiles(bodyDir string) {
 // no body is being written).
 func (s *Spool) verify() []string {
 	var problems []string
-	err := s.view(func(_ *bolt.Tx, b bk) error {
+	err := s.view(setAll, func(_ *bolt.Tx, b bk) error {
 		_, problems = checkTx(b, s.bodyDir)
 		return nil
 	})

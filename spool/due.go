@@ -141,7 +141,7 @@ func (s *Spool) NextDue() (t time.Time, ok bool, err error) {
 			return time.Time{}, false, err
 		}
 	}
-	err = s.view(func(_ *bolt.Tx, b bk) error {
+	err = s.view(setDue, func(_ *bolt.Tx, b bk) error {
 		k, _ := b.due.Cursor().First()
 		if k == nil {
 			return nil

@@ -256,3 +256,49 @@ func (f *flow) work(b *testing.B) {
 		f.finished <- struct{}{}
 	}
 }
+
+// BenchmarkRead is what a delivery attempt reads of a live one-recipient
+// message with a 2 KiB body: the message (Message) and its body (Body),
+// each in its own read transaction, or both at once (Load).
+func BenchmarkRead(b *testing.B) {
+	s, _ := openSpool(b, Options{MinFreeBytes: -1, UnsafeNoSync: true})
+	var ids []string
+	for range 1000 {
+		ids = append(ids, enqueue(b, s, envelope("sender@origin.test", "rcpt@dest.example"), bodyOf("read", 2048)))
+	}
+	b.Run("MessageBody", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			id := ids[i%len(ids)]
+			i++
+			if _, err := s.Message(id); err != nil {
+				b.Fatal(err)
+			}
+			r, err := s.Body(id)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.Copy(io.Discard, r); err != nil {
+				b.Fatal(err)
+			}
+			_ = r.Close() // read only
+		}
+	})
+	b.Run("Load", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			id := ids[i%len(ids)]
+			i++
+			_, r, err := s.Load(id)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.Copy(io.Discard, r); err != nil {
+				b.Fatal(err)
+			}
+			_ = r.Close() // read only
+		}
+	})
+}

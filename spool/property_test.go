@@ -3,7 +3,9 @@ package spool
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -356,6 +358,9 @@ func (p *prop) compare() {
 		} else {
 			want.Messages++
 		}
+		if !mm.retired {
+			p.checkLoad(got)
+		}
 		for i, r := range got.Envelope.Recipients {
 			w := mm.rcpts[i]
 			if r.State != w.state || r.Held != w.held || r.AttemptCount != w.count ||
@@ -381,6 +386,31 @@ func (p *prop) compare() {
 		p.t.Errorf("Counts %+v, want %+v", c, want)
 	}
 	p.checkList()
+}
+
+// checkLoad checks that Load agrees with Message on a live message, but
+// for the attempt logs, and gives a body of its size.
+func (p *prop) checkLoad(want *Message) {
+	m, r, err := p.s.Load(want.ID)
+	if err != nil {
+		p.t.Fatalf("Load(%s): %v", want.ID, err)
+	}
+	n, err := io.Copy(io.Discard, r)
+	_ = r.Close() // read only
+	if err != nil || n != want.Envelope.Size {
+		p.t.Errorf("Load(%s) body: %d bytes, %v; want %d", want.ID, n, err, want.Envelope.Size)
+	}
+	for i := range m.Envelope.Recipients {
+		r := m.Envelope.Recipients[i]
+		w := want.Envelope.Recipients[i]
+		if len(r.Attempts) != 0 {
+			p.t.Errorf("Load(%s) recipient %d has attempt logs", want.ID, i)
+		}
+		w.Attempts = nil
+		if !reflect.DeepEqual(r, w) {
+			p.t.Errorf("Load(%s) recipient %d = %+v, want %+v", want.ID, i, r, w)
+		}
+	}
 }
 
 // checkNextDue checks NextDue against the model: exactly the earliest next

@@ -192,6 +192,17 @@ func encodeEnv(env *Envelope, file bool) []byte {
 	return e.b
 }
 
+// envFile reads only the flags of an envelope record: whether the body is
+// a file.
+func envFile(b []byte) (bool, error) {
+	d := newDec("envelope", b)
+	flags := d.uvarint()
+	if flags&^envFlagsAll != 0 {
+		d.fail("flags %#x", flags)
+	}
+	return flags&envBodyFile != 0, d.err
+}
+
 func decodeEnv(b []byte) (storedEnv, error) {
 	d := newDec("envelope", b)
 	var s storedEnv

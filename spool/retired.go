@@ -34,7 +34,7 @@ func (s *Spool) ListRetired(ctx context.Context, after string, limit int) ([]Mes
 	limit = min(limit, maxListLimit)
 	var out []Message
 	var next string
-	err := s.view(func(_ *bolt.Tx, b bk) error {
+	err := s.view(setRetired|setRetiredAt, func(_ *bolt.Tx, b bk) error {
 		out, next = nil, ""
 		c := b.retiredAt.Cursor()
 		k, _ := c.Last()

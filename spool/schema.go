@@ -104,14 +104,41 @@ type bk struct {
 	meta, msgs, rcpts, attempts, bodies, due, leases, domains, byDomain, retired, retiredAt, counters *bolt.Bucket
 }
 
+// bucketSet names some buckets, in the order of allBuckets: a read
+// transaction opens only those it uses (opening one is a lookup and an
+// allocation).
+type bucketSet uint16
+
+const (
+	setMeta bucketSet = 1 << iota
+	setMsgs
+	setRcpts
+	setAttempts
+	setBodies
+	setDue
+	setLeases
+	setDomains
+	setByDomain
+	setRetired
+	setRetiredAt
+	setCounters
+	setAll = 1<<iota - 1
+)
+
 // buckets opens every bucket of tx; a missing one means a damaged file.
-func buckets(tx *bolt.Tx) (bk, error) {
+func buckets(tx *bolt.Tx) (bk, error) { return openBuckets(tx, setAll) }
+
+// openBuckets opens the buckets of set; the others stay nil.
+func openBuckets(tx *bolt.Tx, set bucketSet) (bk, error) {
 	var b bk
-	ptrs := []**bolt.Bucket{
+	ptrs := [...]**bolt.Bucket{
 		&b.meta, &b.msgs, &b.rcpts, &b.attempts, &b.bodies, &b.due, &b.leases,
 		&b.domains, &b.byDomain, &b.retired, &b.retiredAt, &b.counters,
 	}
 	for i, name := range allBuckets() {
+		if set&(1<<i) == 0 {
+			continue
+		}
 		*ptrs[i] = tx.Bucket([]byte(name))
 		if *ptrs[i] == nil {
 			return bk{}, corrupt("bucket %q missing", name)

@@ -281,8 +281,9 @@ func catchFault(err *error) {
 	}
 }
 
-// view runs fn in a read transaction, turning faults into ErrCorrupt.
-func (s *Spool) view(fn func(tx *bolt.Tx, b bk) error) (err error) {
+// view runs fn in a read transaction with the buckets of set open,
+// turning faults into ErrCorrupt.
+func (s *Spool) view(set bucketSet, fn func(tx *bolt.Tx, b bk) error) (err error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
@@ -291,7 +292,7 @@ func (s *Spool) view(fn func(tx *bolt.Tx, b bk) error) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer catchFault(&err)
 	return s.db.View(func(tx *bolt.Tx) error {
-		b, err := buckets(tx)
+		b, err := openBuckets(tx, set)
 		if err != nil {
 			return err
 		}

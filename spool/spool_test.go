@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -101,12 +103,50 @@ func TestEnqueue(t *testing.T) {
 			if got := readBody(t, s, id); !bytes.Equal(got, body) {
 				t.Errorf("Body: %d bytes, want the %d stored", len(got), len(body))
 			}
+			checkLoad(t, s, m, body)
 			_, err := os.Stat(filepath.Join(dir, "bodies", id))
 			if hasFile := err == nil; hasFile != tc.file {
 				t.Errorf("body file exists: %v, want %v", hasFile, tc.file)
 			}
 			verifyNow(t, s)
 		})
+	}
+}
+
+// checkLoad checks that Load gives live message want (without attempt
+// logs) and its body.
+func checkLoad(t *testing.T, s *Spool, want *Message, body []byte) {
+	t.Helper()
+	m, r, err := s.Load(want.ID)
+	if err != nil {
+		t.Fatalf("Load(%s): %v", want.ID, err)
+	}
+	got, err := io.ReadAll(r)
+	if cerr := r.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil || !bytes.Equal(got, body) {
+		t.Errorf("Load(%s) body: %d bytes, %v; want the %d stored", want.ID, len(got), err, len(body))
+	}
+	w := *want
+	w.Envelope.Recipients = slices.Clone(want.Envelope.Recipients)
+	for i := range w.Envelope.Recipients {
+		w.Envelope.Recipients[i].Attempts = nil
+	}
+	if !reflect.DeepEqual(m, &w) {
+		t.Errorf("Load(%s) = %+v, want %+v", want.ID, m, &w)
+	}
+}
+
+func TestLoadNotLive(t *testing.T) {
+	s, _ := openSpool(t, Options{})
+	id := enqueue(t, s, envelope("a@o.test", "b@d.example"), bodyOf("x", 100))
+	tasks := claimAll(t, s, farFuture, time.Hour)
+	record(t, s, result(id, tasks[0].Rcpt, Delivered, farFuture, time.Time{}))
+	for name, id := range map[string]string{"retired": id, "unknown": NewID(), "invalid": "../x"} {
+		if _, _, err := s.Load(id); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Load of a %s message: %v, want ErrNotFound", name, err)
+		}
 	}
 }
 
