@@ -164,6 +164,7 @@ func benchFlow(b *testing.B, writers, workers int) {
 	commits, ops := obs.commits.Load()-c0, obs.ops.Load()-o0
 	tx := s.db.Stats().TxStats
 	b.ReportMetric(float64(tx.GetWrite()-tx0.GetWrite())/float64(n), "pages/msg")
+	b.ReportMetric(float64(tx.GetWrite()-tx0.GetWrite())/float64(commits), "writes/commit")
 	b.ReportMetric(float64((tx.GetSpillTime()-tx0.GetSpillTime()).Microseconds())/float64(n), "spill-µs/msg")
 	b.ReportMetric(float64(n)/elapsed.Seconds(), "msgs/s")
 	b.ReportMetric(float64(commits)/float64(n), "commits/msg")
