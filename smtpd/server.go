@@ -247,6 +247,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	if ctx.Err() != nil {
+		s.mu.Lock()
+		for c := range s.conns {
+			c.abort() // a send blocked on a client must not hold up Close
+		}
+		s.mu.Unlock()
 		for _, srv := range servers {
 			_ = srv.Close() // forced: the context ended
 		}
