@@ -204,6 +204,12 @@ func (c *conn) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
+	// After any deadline set above, as in flushLocked: that deadline
+	// must not outlast abort's.
+	if c.aborted.Load() {
+		c.readErr = net.ErrClosed
+		return 0, c.readErr
+	}
 	n, err := c.Conn.Read(p)
 	if err != nil {
 		c.readErr = err
@@ -278,9 +284,8 @@ func (c *conn) flushLocked() error {
 // here a reply is only kept; flush sets the deadline of each send.
 func (c *conn) SetWriteDeadline(time.Time) error { return nil }
 
-// abort ends a connection at once, its pending replies unsent, and makes a
-// send blocked on a client that does not read give up (a forced
-// Shutdown).
+// abort makes the connection fail its next read or write, and one blocked
+// now, its pending replies unsent (a forced Shutdown).
 func (c *conn) abort() {
 	c.aborted.Store(true)
 	_ = c.raw.SetDeadline(time.Now()) // a closed connection needs no interrupt

@@ -212,8 +212,9 @@ func (s *Server) newSMTPServer() *smtp.Server {
 }
 
 // Shutdown stops accepting, ends idle sessions with 421 and waits for the
-// others to finish their transaction; when ctx ends first it closes them
-// and returns ctx's error.
+// others to finish their transaction; when ctx ends first it ends them at
+// their next read or write, their last replies unsent, and returns ctx's
+// error.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing.Store(true)
@@ -247,9 +248,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	if ctx.Err() != nil {
+		// go-smtp's Close does nothing after its Shutdown, so the
+		// sessions are ended here, also one blocked sending to a client
+		// that does not read.
 		s.mu.Lock()
 		for c := range s.conns {
-			c.abort() // a send blocked on a client must not hold up Close
+			c.abort()
 		}
 		s.mu.Unlock()
 		for _, srv := range servers {
