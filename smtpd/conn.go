@@ -528,6 +528,11 @@ func (s *Server) startPTR(ip netip.Addr) *ptrLookup {
 // wait returns the name, or "unknown" when the lookup is still running
 // after its timeout.
 func (p *ptrLookup) wait() string {
+	select {
+	case <-p.done: // usually: the lookup ran while the client talked
+		return p.name
+	default:
+	}
 	t := time.NewTimer(ptrTimeout)
 	defer t.Stop()
 	select {
