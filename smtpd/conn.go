@@ -380,7 +380,8 @@ func (c *conn) inTransaction() bool {
 // its next command (Shutdown).
 func (c *conn) interruptIfIdle() {
 	if !c.inTransaction() {
-		_ = c.Conn.SetReadDeadline(time.Now()) // a closed connection needs no interrupt
+		// raw, not Conn: admit may still be setting Conn to TLS.
+		_ = c.raw.SetReadDeadline(time.Now()) // a closed connection needs no interrupt
 	}
 }
 
