@@ -135,10 +135,11 @@ func (s *Server) upgrade(old *conn) {
 // session is about to wait for the client (Read: go-smtp's bufio reader
 // calls it only once the pipelined input it holds is used up, RFC 2920
 // §3.2) and in Close, before the socket is closed or handed to STARTTLS.
-// go-smtp never waits on anything else between writing a reply and its
-// next read or Close, so no reply is held back from a client waiting for
-// it. Each send has the write timeout, so a client that stops reading
-// cannot hold the session.
+// Between writing a reply and its next read or Close, go-smtp waits on
+// nothing but the hooks of commands the client has already sent (a
+// bcrypt check, the spool's commit), so no reply is held back from a
+// client waiting for it. Each send has the write timeout, so a client
+// that stops reading cannot hold the session.
 type conn struct {
 	net.Conn // raw, or TLS over raw
 	raw      net.Conn
