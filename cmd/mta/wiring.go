@@ -26,7 +26,11 @@ func (d *daemonState) openSpool() error {
 	}
 	dir := filepath.Join(d.dirs.State, spoolSubdir)
 	sp, err := spool.Open(dir, spool.Options{
-		MaxMessageBytes: d.cfg.Limits.MaxMessageBytes,
+		// smtpd enforces limits.max_message_bytes on what the client
+		// sends (the SIZE it advertises, changed by SIGHUP). The stored
+		// copy is larger by the header fix-ups and DKIM signature, so the
+		// spool must not apply the same number again.
+		MaxMessageBytes: -1,
 		MinFreeBytes:    d.cfg.Spool.MinFreeBytes,
 		RetiredMaxAge:   time.Duration(d.cfg.Spool.RetiredMaxAge),
 		RetiredMaxCount: d.cfg.Spool.RetiredMaxCount,
