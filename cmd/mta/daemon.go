@@ -40,7 +40,7 @@ type daemonState struct {
 	certs    certStore
 	res      *resolver.Resolver
 	sp       *spool.Spool
-	aliases  *mailaddr.Aliases // for DSNs; smtpd keeps its own copy
+	aliases  liveAliases // for DSNs; smtpd keeps its own copy
 	engine   atomic.Pointer[delivery.Scheduler]
 	srv      *smtpd.Server
 	local    *pipeListener // maildrop imports enter the Local intake here

@@ -3,6 +3,8 @@ package main
 import (
 	"reflect"
 	"strings"
+
+	"mta/internal/mailaddr"
 )
 
 // reload re-reads the config file on SIGHUP and applies what can change
@@ -35,9 +37,7 @@ func (d *daemonState) reload() {
 	}
 	d.srv.SetLimits(smtpdLimits(next.Limits))
 	applied = append(applied, "limits")
-	if err := d.srv.SetAliases(aliasMap(next.Aliases)); err != nil {
-		d.log.Error("reload: aliases refused; the old aliases stay", "err", err)
-	} else {
+	if d.reloadAliases(next) {
 		applied = append(applied, "aliases")
 	}
 	if d.reloadNextHops(next) {
@@ -48,6 +48,21 @@ func (d *daemonState) reload() {
 	d.cfg.UsersFile, d.cfg.TLS, d.cfg.Limits, d.cfg.Aliases = next.UsersFile, next.TLS, next.Limits, next.Aliases
 	d.cfg.Routes, d.cfg.Relayhost, d.cfg.TLSPolicies = next.Routes, next.Relayhost, next.TLSPolicies
 	d.log.Info("reloaded", "applied", strings.Join(applied, ","), "need_restart", strings.Join(restart, ","))
+}
+
+// reloadAliases applies the aliases to RCPT (smtpd) and to the DSNs,
+// within the local domains the daemon started with.
+func (d *daemonState) reloadAliases(c *Config) bool {
+	dsn, err := mailaddr.NewAliases(aliasMap(c.Aliases), d.cfg.LocalDomains)
+	if err == nil {
+		err = d.srv.SetAliases(aliasMap(c.Aliases))
+	}
+	if err != nil {
+		d.log.Error("reload: aliases refused; the old aliases stay", "err", err)
+		return false
+	}
+	d.aliases.table.Store(dsn)
+	return true
 }
 
 // reloadNextHops applies routes, relayhost and TLS policies (and reads

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"mta/delivery"
@@ -20,10 +21,11 @@ import (
 // openSpool opens the spool with the delivery engine's DSN builder as its
 // bounce hook and the engine's kick as its due signal.
 func (d *daemonState) openSpool() error {
-	var err error
-	if d.aliases, err = loadAliases(d.cfg); err != nil {
+	aliases, err := loadAliases(d.cfg)
+	if err != nil {
 		return err
 	}
+	d.aliases.table.Store(aliases)
 	dir := filepath.Join(d.dirs.State, spoolSubdir)
 	sp, err := spool.Open(dir, spool.Options{
 		// smtpd enforces limits.max_message_bytes on what the client
@@ -50,7 +52,17 @@ func (d *daemonState) openSpool() error {
 }
 
 func (d *daemonState) dsnConfig() delivery.DSNConfig {
-	return delivery.DSNConfig{Hostname: d.cfg.Hostname, Lifetime: time.Duration(d.cfg.Delivery.Lifetime), Aliases: d.aliases}
+	return delivery.DSNConfig{Hostname: d.cfg.Hostname, Lifetime: time.Duration(d.cfg.Delivery.Lifetime), Aliases: &d.aliases}
+}
+
+// liveAliases is the alias table the DSNs follow; SIGHUP replaces it
+// (smtpd keeps its own copy for RCPT).
+type liveAliases struct {
+	table atomic.Pointer[mailaddr.Aliases]
+}
+
+func (l *liveAliases) Expand(a mailaddr.Address) ([]mailaddr.Address, bool, error) {
+	return l.table.Load().Expand(a)
 }
 
 // loadAliases builds the alias table of the local domains.
@@ -113,7 +125,7 @@ func (d *daemonState) deliveryConfig() (delivery.Config, error) {
 		Routes:              routes,
 		Relayhost:           relay,
 		TLSPolicies:         policies,
-		Aliases:             d.aliases,
+		Aliases:             &d.aliases,
 		Logger:              d.log.With("subsystem", "delivery"),
 		Observer:            deliveryObserver{d.metrics},
 	}

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"mta/internal/peer"
 )
 
 // sizedMessage is a message of about n octets (never more).
@@ -35,19 +37,43 @@ func TestMessageUpToTheSizeLimit(t *testing.T) {
 // applies to the whole intake, spool included.
 func TestReloadRaisesSizeLimit(t *testing.T) {
 	s, hosts := serveWorld(t, "limits: {max_message_bytes: 4096}\n")
-	cfg, err := os.ReadFile(s.config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, s.config, strings.Replace(string(cfg), "max_message_bytes: 4096", "max_message_bytes: 16384", 1))
-	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
-	s.log.wait(t, `msg=reloaded`, "limits")
+	s.reload(t, "max_message_bytes: 4096", "max_message_bytes: 16384")
 	msg, body := sizedMessage(12000)
 	sendSMTP(t, s.relay, "a@sender.test", []string{"b@example.test"}, msg)
 	got := waitMessages(t, hosts["127.0.0.2"], 1)
 	if !strings.HasSuffix(string(got[0].Data), body) {
 		t.Errorf("delivered message lacks the body")
+	}
+}
+
+// reload rewrites the daemon's config with old replaced by new, sends
+// SIGHUP and waits for the reload's log line.
+func (s *served) reload(t *testing.T, old, new string) {
+	t.Helper()
+	cfg, err := os.ReadFile(s.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(cfg), old) {
+		t.Fatalf("config lacks %q", old)
+	}
+	writeFile(t, s.config, strings.Replace(string(cfg), old, new, 1))
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	s.log.wait(t, "msg=reloaded")
+}
+
+// TestReloadAliasesForBounces: aliases changed by SIGHUP also decide
+// where the bounce to a sender in a local domain goes, not only where
+// mail to that domain goes.
+func TestReloadAliasesForBounces(t *testing.T) {
+	s, hosts := serveWorld(t, "local_domains: [local.test]\naliases: {cron: old@sender.test}\n")
+	s.reload(t, "cron: old@sender.test", "cron: new@sender.test")
+	hosts["127.0.0.2"].SetBehaviour(peer.Behaviour{Rcpt: &peer.Reply{Code: 550, Enhanced: "5.1.1", Text: "no such user"}})
+	sendSMTP(t, s.relay, "cron@local.test", []string{"b@example.test"}, "Subject: cron\r\n\r\nreport\r\n")
+	dsn := waitMessages(t, hosts["127.0.0.3"], 1)
+	if got := strings.Join(dsn[0].To, ","); got != "new@sender.test" {
+		t.Errorf("bounce went to %s, want new@sender.test", got)
 	}
 }
