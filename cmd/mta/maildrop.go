@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -52,6 +53,13 @@ func writeMaildrop(dir string, sub *submission, now time.Time) (string, error) {
 	}
 	if err == nil {
 		err = syncDir(dir)
+		if errors.Is(err, fs.ErrPermission) {
+			// An ordinary user may create files in the maildrop (mode
+			// 1733) but not open it to fsync the new entry. The file's
+			// own data is on disk; the entry is as durable as the file
+			// system makes a rename, and the message is there now.
+			err = nil
+		}
 	}
 	if err != nil {
 		_ = os.Remove(tmp) // best effort; the daemon sweeps stale tmp files
