@@ -115,7 +115,7 @@ func (a *adminServer) do(ctx context.Context, req adminRequest) adminResponse {
 		err = a.spool.Release(ctx, req.ID)
 		a.kick()
 	case "delete":
-		err = a.spool.Delete(ctx, req.ID, req.Bounce, "deleted by the administrator")
+		err = a.spool.Delete(ctx, req.ID, req.Bounce, "") // the spool says who deleted it
 	default:
 		err = fmt.Errorf("unknown operation %q", req.Op)
 	}

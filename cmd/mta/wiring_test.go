@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"mta/internal/peer"
+	"mta/internal/testpeer"
 )
 
 // sizedMessage is a message of about n octets (never more).
@@ -75,5 +76,24 @@ func TestReloadAliasesForBounces(t *testing.T) {
 	dsn := waitMessages(t, hosts["127.0.0.3"], 1)
 	if got := strings.Join(dsn[0].To, ","); got != "new@sender.test" {
 		t.Errorf("bounce went to %s, want new@sender.test", got)
+	}
+}
+
+// TestQueueDeleteReason: the bounce after `mta queue delete --bounce` says
+// once why the recipient failed.
+func TestQueueDeleteReason(t *testing.T) {
+	s, hosts := serveWorldRetry(t, "1h", "")
+	hosts["127.0.0.2"].SetBehaviour(peer.Behaviour{Rcpt: &peer.Reply{Code: 451, Enhanced: "4.3.0", Text: "try later"}})
+	id := sendSMTP(t, s.relay, "a@sender.test", []string{"b@example.test"}, "Subject: hi\r\n\r\nhello\r\n")
+	testpeer.WaitFor(t, "the deferral", func() bool {
+		out, err := s.mta(t, "", "queue", "show", id, "--config", s.config)
+		return err == nil && strings.Contains(out, "deferred, next attempt in")
+	})
+	if out, err := s.mta(t, "", "queue", "delete", id, "--bounce", "--config", s.config); err != nil {
+		t.Fatalf("queue delete: %v\n%s", err, out)
+	}
+	dsn := string(waitMessages(t, hosts["127.0.0.3"], 1)[0].Data)
+	if n := strings.Count(dsn, "deleted by the administrator"); n != 1 {
+		t.Errorf("the bounce gives the reason %d times:\n%s", n, dsn)
 	}
 }
