@@ -36,6 +36,7 @@ func (d *daemonState) reload() {
 		applied = append(applied, "tls")
 	}
 	d.srv.SetLimits(smtpdLimits(next.Limits))
+	d.srv.SetAllowUnownedFrom(allowUnownedFrom(next.Limits))
 	applied = append(applied, "limits")
 	if d.reloadAliases(next) {
 		applied = append(applied, "aliases")

@@ -223,7 +223,7 @@ func (d *daemonState) smtpdConfig() (smtpd.Config, error) {
 		MyOrigin:             c.MyOrigin,
 		Aliases:              aliasMap(c.Aliases),
 		Limits:               smtpdLimits(c.Limits),
-		AllowUnownedFrom:     c.Limits.FromHeaderMustMatch != nil && !*c.Limits.FromHeaderMustMatch,
+		AllowUnownedFrom:     allowUnownedFrom(c.Limits),
 		SendmailTrustedUsers: c.SendmailTrust,
 		LookupPTR:            d.lookupPTR,
 		TempDir:              filepath.Join(d.dirs.State, "tmp"),
@@ -254,6 +254,12 @@ func (d *daemonState) lookupPTR(ctx context.Context, ip netip.Addr) (string, err
 		return "", err
 	}
 	return strings.TrimSuffix(names[0], "."), nil
+}
+
+// allowUnownedFrom is limits.from_header_must_match turned around (on
+// when left out).
+func allowUnownedFrom(l Limits) bool {
+	return l.FromHeaderMustMatch != nil && !*l.FromHeaderMustMatch
 }
 
 func smtpdLimits(l Limits) smtpd.Limits {

@@ -1,10 +1,19 @@
 package main
 
 import (
+	"crypto/tls"
+	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"mta/smtpd"
 
 	"mta/internal/peer"
 	"mta/internal/testpeer"
@@ -95,5 +104,76 @@ func TestQueueDeleteReason(t *testing.T) {
 	dsn := string(waitMessages(t, hosts["127.0.0.3"], 1)[0].Data)
 	if n := strings.Count(dsn, "deleted by the administrator"); n != 1 {
 		t.Errorf("the bounce gives the reason %d times:\n%s", n, dsn)
+	}
+}
+
+// submitAs sends msg through the submission listener at addr as login,
+// after STARTTLS, and returns the reply to the final dot.
+func submitAs(t *testing.T, addr, login, password, from, to, msg string) error {
+	t.Helper()
+	c, err := smtp.DialStartTLS(addr, &tls.Config{InsecureSkipVerify: true}) // the daemon's self-signed certificate
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", login, password)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail(from, nil); err != nil {
+		return err
+	}
+	if err := c.Rcpt(to, nil); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := io.WriteString(w, msg); err != nil {
+		return err
+	}
+	return w.Close()
+}
+
+// serveWithSubmission is serveWorld with a submission listener too; it
+// returns the daemon and that listener's address.
+func serveWithSubmission(t *testing.T, extra string) (*served, string) {
+	t.Helper()
+	port, _ := testpeer.SMTPHosts(t, map[string]peer.Behaviour{"127.0.0.2": {}})
+	dns := testpeer.NewDNS(t, worldZone)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "mta.yaml")
+	writeFile(t, path, fmt.Sprintf(`hostname: mta.example.test
+state_dir: %s
+listeners: {relay: ["127.0.0.1:0"], submission: ["127.0.0.1:0"], submissions: []}
+dns: {servers: [%q]}
+delivery: {port: %d, allow_private_mx: true}
+metrics: {address: ""}
+%s`, dir, dns.Addr(), port, extra))
+	s := startServe(t, path)
+	ready := s.log.wait(t, "msg=ready")
+	_, rest, _ := strings.Cut(ready, "submission=")
+	addr, _, _ := strings.Cut(rest, " ")
+	return s, strings.Trim(addr, `"`)
+}
+
+// TestReloadFromHeaderRule: limits.from_header_must_match changed by
+// SIGHUP applies to the next message, as the other limits do.
+func TestReloadFromHeaderRule(t *testing.T) {
+	hash, err := smtpd.HashPassword([]byte("secret"), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := filepath.Join(t.TempDir(), "users")
+	writeFile(t, users, "abc:"+hash+":a@sender.test\n")
+	s, addr := serveWithSubmission(t, fmt.Sprintf("users_file: %s\nlimits: {from_header_must_match: true}\n", users))
+	msg := "From: boss@elsewhere.test\r\nSubject: on behalf\r\n\r\nhi\r\n"
+	err = submitAs(t, addr, "abc", "secret", "a@sender.test", "b@example.test", msg)
+	if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 550 {
+		t.Fatalf("From: not owned, rule on: %v, want 550", err)
+	}
+	s.reload(t, "from_header_must_match: true", "from_header_must_match: false")
+	if err := submitAs(t, addr, "abc", "secret", "a@sender.test", "b@example.test", msg); err != nil {
+		t.Errorf("From: not owned after the rule was turned off by SIGHUP: %v", err)
 	}
 }
