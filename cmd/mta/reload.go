@@ -23,14 +23,14 @@ func (d *daemonState) reload() {
 		return
 	}
 	var applied []string
-	if next.UsersFile != "" {
-		users, err := loadUsersFile(next.UsersFile)
-		if err != nil {
-			d.log.Error("reload: users file refused; the old users stay", "err", err)
-		} else {
-			d.srv.SetUsers(users)
-			applied = append(applied, "users")
-		}
+	if next.UsersFile == "" {
+		d.srv.SetUsers(nil) // no users file: nobody logs in
+		applied = append(applied, "users")
+	} else if users, err := loadUsersFile(next.UsersFile); err != nil {
+		d.log.Error("reload: users file refused; the old users stay", "err", err)
+	} else {
+		d.srv.SetUsers(users)
+		applied = append(applied, "users")
 	}
 	if d.reloadCert(next) {
 		applied = append(applied, "tls")

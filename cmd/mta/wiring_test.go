@@ -177,3 +177,30 @@ func TestReloadFromHeaderRule(t *testing.T) {
 		t.Errorf("From: not owned after the rule was turned off by SIGHUP: %v", err)
 	}
 }
+
+// TestReloadWithoutUsersFile: a users_file taken out of the config by
+// SIGHUP takes its users' logins with it.
+func TestReloadWithoutUsersFile(t *testing.T) {
+	hash, err := smtpd.HashPassword([]byte("secret"), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := filepath.Join(t.TempDir(), "users")
+	writeFile(t, users, "abc:"+hash+":a@sender.test\n")
+	s, addr := serveWithSubmission(t, fmt.Sprintf("users_file: %s\n", users))
+	login := func() error {
+		c, err := smtp.DialStartTLS(addr, &tls.Config{InsecureSkipVerify: true}) // the daemon's self-signed certificate
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.Auth(sasl.NewPlainClient("", "abc", "secret"))
+	}
+	if err := login(); err != nil {
+		t.Fatalf("login with users_file set: %v", err)
+	}
+	s.reload(t, "users_file: "+users, "")
+	if err := login(); err == nil {
+		t.Errorf("abc still logs in after users_file was removed from the config")
+	}
+}
