@@ -57,6 +57,7 @@ var errUsage = &exitError{code: exitUsage}
 
 func commands() []command {
 	return []command{
+		{"bench", "measure the daemon under load (or generate load, or sink it)", runBench},
 		{"check-config", "validate a config file", runCheckConfig},
 		{"dkim", "make a DKIM signing key and its DNS record", runDKIM},
 		{"lab", "run the MX routing lab: DNS, MX hosts with POP3, and the MTA in one process", runLab},
