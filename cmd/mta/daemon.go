@@ -94,7 +94,7 @@ func (d *daemonState) start(ctx context.Context) error {
 		return err
 	}
 	d.startMetrics(runCtx)
-	d.importMaildrop(runCtx)
+	d.runMaildrop(runCtx, time.Minute)
 	return nil
 }
 

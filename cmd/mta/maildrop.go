@@ -21,6 +21,13 @@ import (
 // start and while it runs, taking the submitter's uid from the file owner.
 const maildropMagic = "X-Mta-Maildrop: 1"
 
+// Prefixes of maildrop files the daemon set aside: unreadable, or refused
+// for good by the intake. Scans skip them.
+const (
+	maildropBad      = "bad."
+	maildropRejected = "rejected."
+)
+
 // writeMaildrop stores sub in dir and returns the file's path.
 func writeMaildrop(dir string, sub *submission, now time.Time) (string, error) {
 	var b bytes.Buffer
@@ -135,6 +142,9 @@ func listMaildrop(dir string, now time.Time) ([]string, error) {
 	var out []string
 	for _, e := range ents {
 		if !e.Type().IsRegular() {
+			continue
+		}
+		if strings.HasPrefix(e.Name(), maildropBad) || strings.HasPrefix(e.Name(), maildropRejected) {
 			continue
 		}
 		if strings.HasPrefix(e.Name(), "tmp.") {
