@@ -132,7 +132,7 @@ func (s *session) checkHeader(h *header) error {
 	if err != nil {
 		return s.refuse("data", errFromCount, "unparsable From field: "+err.Error())
 	}
-	if s.srv.cfg.AllowUnownedFrom {
+	if s.srv.unownedFrom.Load() {
 		return nil
 	}
 	for _, a := range addrs {

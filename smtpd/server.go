@@ -40,6 +40,7 @@ type Server struct {
 
 	users        atomic.Pointer[Users]
 	limits       atomic.Pointer[Limits]
+	unownedFrom  atomic.Bool // Config.AllowUnownedFrom, or SetAllowUnownedFrom
 	aliases      atomic.Pointer[mailaddr.Aliases]
 	localDomains []string
 
@@ -118,6 +119,7 @@ func (s *Server) setup(cfg Config) error {
 		return err
 	}
 	s.SetLimits(cfg.Limits)
+	s.SetAllowUnownedFrom(cfg.AllowUnownedFrom)
 	users := cfg.Users
 	if users == nil {
 		users = &Users{}
@@ -143,6 +145,10 @@ func (s *Server) SetLimits(l Limits) {
 	l = l.withDefaults()
 	s.limits.Store(&l)
 }
+
+// SetAllowUnownedFrom replaces Config.AllowUnownedFrom (e.g. after SIGHUP);
+// messages whose header is checked afterwards see it.
+func (s *Server) SetAllowUnownedFrom(allow bool) { s.unownedFrom.Store(allow) }
 
 // SetAliases replaces the aliases; it fails, changing nothing, when an
 // alias is malformed.

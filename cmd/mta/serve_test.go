@@ -421,3 +421,40 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestMaildropRejectedSetAside: a maildrop message the intake refuses for
+// good (an unknown user of a local domain) is set aside with its reason
+// instead of being retried forever; an unreadable file likewise.
+func TestMaildropRejectedSetAside(t *testing.T) {
+	dns := testpeer.NewDNS(t, worldZone)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "mta.yaml")
+	writeFile(t, path, fmt.Sprintf("hostname: mta.example.test\nstate_dir: %s\nlocal_domains: [local.test]\naliases: {postmaster: a@example.test}\n"+
+		"listeners: {relay: [\"127.0.0.1:0\"], submission: [], submissions: []}\ndns: {servers: [%q]}\nmetrics: {address: \"\"}\n", dir, dns.Addr()))
+	drop := filepath.Join(dir, maildropSubdir)
+	if err := ensureMaildrop(drop); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writeMaildrop(drop, &submission{Rcpts: []string{"nobody@local.test"}, Data: []byte("Subject: x\r\n\r\nx\r\n")}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(drop, "garbage"), "not a maildrop file\n")
+	s := startServe(t, path)
+	s.log.wait(t, "maildrop import", "set aside as")
+	s.log.wait(t, "maildrop import", "set aside as")
+	ents, err := os.ReadDir(drop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	got := strings.Join(names, " ")
+	if !strings.Contains(got, maildropRejected) || !strings.Contains(got, maildropBad+"garbage") || len(names) != 2 {
+		t.Errorf("maildrop holds %v, want one rejected. and one bad. file", names)
+	}
+	if files, _ := listMaildrop(drop, time.Now()); len(files) != 0 {
+		t.Errorf("set-aside files are scanned again: %v", files)
+	}
+}
