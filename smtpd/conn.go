@@ -325,7 +325,7 @@ func (c *conn) Close() error {
 	if unsent && err != nil {
 		c.srv.log.Debug("last replies not sent", "ip", c.ip.String(), "listener", c.kind.String(), "err", err)
 	}
-	if handoff && err == nil {
+	if handoff && err == nil { // without its 220 the client starts no TLS
 		c.srv.upgrade(c)
 		return nil
 	}
