@@ -123,7 +123,6 @@ func (s *Spool) runBatch(batch []*request) {
 		}
 		return
 	}
-	s.wrote = s.wrote || t.dirty
 	s.afterCommit(t)
 	for i, r := range batch {
 		s.answer(r, errs[i])
@@ -147,9 +146,9 @@ func (s *Spool) tryBatch(batch []*request, lowSpace bool) (t *txn, errs []error,
 			}
 		}
 	}()
-	tx, err := s.db.Begin(true)
+	tx, err := s.beginWrite()
 	if err != nil {
-		return nil, nil, ioError("begin transaction", err)
+		return nil, nil, err
 	}
 	b, err := buckets(tx)
 	if err != nil {
@@ -181,7 +180,29 @@ func (s *Spool) tryBatch(batch []*request, lowSpace bool) (t *txn, errs []error,
 	if err := tx.Commit(); err != nil {
 		return nil, nil, ioError("commit", err)
 	}
+	s.noFreelist = s.db.NoFreelistSync
 	return t, errs, nil
+}
+
+// freelistSyncPages is how many free pages bbolt's freelist may list for
+// commits to write it. bbolt writes the whole freelist in every commit
+// that keeps it in the file, 8 bytes per free page, sorted first: once a
+// large queue has drained, that is megabytes per commit. Past this size
+// commits leave it out (Close writes it), and after a crash Open rebuilds
+// it by walking the pages in use: cheap while they are few, and when they
+// are many the file has grown to hold them, so few pages are free.
+const freelistSyncPages = 1024
+
+// beginWrite starts a write transaction, first deciding whether its commit
+// writes the freelist.
+func (s *Spool) beginWrite() (*bolt.Tx, error) {
+	st := s.db.Stats()
+	s.db.NoFreelistSync = st.FreePageN+st.PendingPageN > freelistSyncPages
+	tx, err := s.db.Begin(true)
+	if err != nil {
+		return nil, ioError("begin transaction", err)
+	}
+	return tx, nil
 }
 
 // afterCommit carries out what the committed transaction left to do:

@@ -37,10 +37,10 @@
 //   - Body files no live envelope refers to (a crash during DATA, or after
 //     a retirement's commit but before its file was removed) are removed
 //     at Open.
-//   - While the spool is open, commits leave bbolt's freelist out of the
-//     file (bbolt would rewrite all of it, 8 bytes per free page, in every
-//     commit); Close writes it, and after a crash Open rebuilds it by
-//     walking the file's pages.
+//   - Commits leave bbolt's freelist out of the file once it lists more
+//     than freelistSyncPages pages (bbolt would rewrite all of it, 8 bytes
+//     per free page, in every commit); Close writes it, and after a crash
+//     Open rebuilds it by walking the pages in use.
 //   - No read transaction lives long: List pages with cursors, one short
 //     transaction per page, so the file can grow and reuse pages.
 //   - A full disk (ENOSPC, or free space below Options.MinFreeBytes) is

@@ -57,23 +57,37 @@ func BenchmarkNextDue(b *testing.B) {
 // BenchmarkEnqueueAfterDrain is BenchmarkEnqueue's 20 writers on a spool
 // that held 100,000 messages and delivered them all: its file is mostly
 // free pages, which commits must not pay for (bbolt writes and sorts the
-// whole freelist in every commit that syncs it).
+// whole freelist in every commit that keeps it in the file).
 func BenchmarkEnqueueAfterDrain(b *testing.B) {
+	dir := drained(b, 100_000, 100_000)
+	obs := &syncCounter{}
+	s := openIn(b, dir, Options{MinFreeBytes: -1, Observer: obs})
+	b.ReportMetric(float64(s.db.Stats().FreePageN), "free-pages")
+	runWriters(b, s, obs, 20, 2048, &latencies{})
+}
+
+// BenchmarkReopenAfterCrashHalfDrained is Open after a crash of a spool
+// that held 100,000 messages and delivered half: many pages in use and
+// many free, so the file has no freelist and Open walks the pages in use.
+func BenchmarkReopenAfterCrashHalfDrained(b *testing.B) {
+	benchReopenAfterCrash(b, drained(b, 100_000, 50_000))
+}
+
+// drained makes a closed spool holding n messages of which the first
+// delivered have been delivered (and retired).
+func drained(b *testing.B, n, delivered int) string {
 	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	dir := b.TempDir()
-	prefill(b, dir, 100_000, now)
+	prefill(b, dir, n, now)
 	s, err := Open(dir, Options{MinFreeBytes: -1, UnsafeNoSync: true, Now: func() time.Time { return now }})
 	if err != nil {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	for {
-		tasks, err := s.Claim(ctx, now, 1000, func(Task) time.Time { return now.Add(time.Hour) })
-		if err != nil {
-			b.Fatal(err)
-		}
-		if len(tasks) == 0 {
-			break
+	for delivered > 0 {
+		tasks, err := s.Claim(ctx, now, min(1000, delivered), func(Task) time.Time { return now.Add(time.Hour) })
+		if err != nil || len(tasks) == 0 {
+			b.Fatalf("Claim: %d tasks, %v", len(tasks), err)
 		}
 		var u Update
 		for _, t := range tasks {
@@ -82,14 +96,12 @@ func BenchmarkEnqueueAfterDrain(b *testing.B) {
 		if err := s.Record(ctx, u); err != nil {
 			b.Fatal(err)
 		}
+		delivered -= len(tasks)
 	}
 	if err := s.Close(); err != nil {
 		b.Fatal(err)
 	}
-	obs := &syncCounter{}
-	s = openIn(b, dir, Options{MinFreeBytes: -1, Observer: obs})
-	b.ReportMetric(float64(s.db.Stats().FreePageN), "free-pages")
-	runWriters(b, s, obs, 20, 2048, &latencies{})
+	return dir
 }
 
 // BenchmarkFlow is the spool's whole share of a message's life, as the

@@ -114,20 +114,39 @@ func TestOpenUpgradesVersion1(t *testing.T) {
 	}
 }
 
-// TestFreelistWrittenAtClose: while the spool is open its commits leave
-// the freelist out of the file; Close writes it, so that the next Open
-// reads it instead of walking every page.
-func TestFreelistWrittenAtClose(t *testing.T) {
+// TestFreelistLeftOutWhenLarge: commits write bbolt's freelist while it
+// is small, leave it out once many pages are free (after many messages
+// have retired), and Close writes it, so that the next Open reads it
+// instead of walking the pages.
+func TestFreelistLeftOutWhenLarge(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open(dir, Options{Logger: testLogger(t)})
+	clk := newClock()
+	s, err := Open(dir, Options{Logger: testLogger(t), Now: clk.Now, UnsafeNoSync: true, MinFreeBytes: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for range 3 {
-		enqueue(t, s, envelope("a@o.test", "b@d.example"), bodyOf("x", 3000))
+	enqueue(t, s, envelope("a@o.test", "b@d.example"), bodyOf("x", 3000))
+	if !metaFreelist(t, dir) {
+		t.Errorf("a commit with few free pages left the freelist out")
+	}
+	// Bodies of 16 KiB take four pages each: retiring 400 frees more than
+	// freelistSyncPages.
+	for range 400 {
+		enqueue(t, s, envelope("a@o.test", "b@d.example"), bodyOf("x", 16<<10))
+	}
+	var u Update
+	for _, task := range claimAll(t, s, clk.Now(), time.Hour) {
+		u.Results = append(u.Results, result(task.ID, task.Rcpt, Delivered, clk.Now(), time.Time{}))
+	}
+	if err := s.Record(t.Context(), u); err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, s, envelope("a@o.test", "b@d.example"), bodyOf("x", 3000))
+	if free := s.db.Stats().FreePageN; free <= freelistSyncPages {
+		t.Fatalf("%d free pages, want more than %d", free, freelistSyncPages)
 	}
 	if metaFreelist(t, dir) {
-		t.Errorf("a commit while open wrote the freelist")
+		t.Errorf("a commit with many free pages wrote the freelist")
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)

@@ -43,9 +43,10 @@ type Spool struct {
 	reqs   chan *request
 	done   chan struct{} // closed when the committer has exited
 
-	// wrote is set when a commit wrote the file (by the committer, or by
-	// Open before it starts); Close reads it after the committer exits.
-	wrote bool
+	// noFreelist is set when the last commit left the freelist out of the
+	// file (by the committer, or by Open before it starts); Close reads it
+	// after the committer exits.
+	noFreelist bool
 
 	// unclaiming counts Unclaim requests not yet answered by the
 	// committer; NextDue waits for them.
@@ -93,8 +94,8 @@ func withDefaults(o Options) Options {
 
 // boltOptions are the bbolt settings: the hash-map freelist (fast to
 // allocate from in a large file), a bounded wait for the file lock, and
-// fsync on every commit unless UnsafeNoSync. The freelist is in the file
-// when it is closed (see Open for while it runs).
+// fsync on every commit unless UnsafeNoSync. Whether a commit writes the
+// freelist is decided per commit (see beginWrite).
 func boltOptions(noSync, readOnly bool) *bolt.Options {
 	return &bolt.Options{
 		Timeout:         lockWait,
@@ -124,12 +125,6 @@ func Open(dir string, opts Options) (*Spool, error) {
 		return nil, err
 	}
 	s.db = db
-	// While the daemon runs, commits do not write the freelist: bbolt
-	// writes all of it in every commit, 8 bytes per free page, and sorts it
-	// first, so after a large queue drains (a million free pages) each
-	// commit would write megabytes. Close writes it once, so a reopen
-	// reads it; after a crash, Open rebuilds it by walking the file's pages.
-	db.NoFreelistSync = true
 	if err := s.start(); err != nil {
 		_ = db.Close() // the open error is the one to report
 		return nil, err
@@ -167,7 +162,6 @@ func (s *Spool) releaseLeases() error {
 		}
 		return fmt.Errorf("give back leases: %w", err)
 	}
-	s.wrote = s.wrote || t.dirty
 	s.afterCommit(t)
 	return nil
 }
@@ -312,7 +306,7 @@ func (s *Spool) Close() error {
 	close(s.reqs)
 	s.mu.Unlock()
 	<-s.done
-	if s.wrote {
+	if s.noFreelist {
 		s.db.NoFreelistSync = false
 		if err := s.db.Update(func(*bolt.Tx) error { return nil }); err != nil {
 			// Only the freelist is lost: the next Open rebuilds it.
