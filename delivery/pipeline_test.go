@@ -172,3 +172,36 @@ func TestDeliverStalePooledConnection(t *testing.T) {
 		}
 	})
 }
+
+// TestDeliverMail5xxKeepsTheSession: a permanent refusal of MAIL fails the
+// transaction's recipients; pipelined, the refused RCPTs and DATA that
+// followed are read too, and the connection goes on to the next message
+// without RSET (no transaction was open).
+func TestDeliverMail5xxKeepsTheSession(t *testing.T) {
+	eachMode(t, func(t *testing.T, lockStep bool) {
+		w := newWorld(t, setup{lockStep: lockStep, zone: oneMXZone, hosts: map[string]peer.Behaviour{"127.0.0.2": {
+			Mail: &peer.Reply{Code: 553, Enhanced: "5.7.1", Text: "sender refused"},
+		}}, cfg: func(c *delivery.Config) { c.IdleTimeout = time.Minute }})
+		refused := w.send("", []string{"a@example.test", "b@example.test"}, body7)
+		m := w.waitStates(refused, spool.Failed, spool.Failed)
+		if a := lastAttempt(&m.Envelope.Recipients[1]); a.Code != 553 || a.Phase != "mail" {
+			t.Errorf("attempt %+v, want MAIL's 553", a)
+		}
+		h := w.hosts["127.0.0.2"]
+		if err := h.SetBehaviour(peer.Behaviour{}); err != nil {
+			t.Fatal(err)
+		}
+		w.waitStates(w.send("", []string{"c@example.test"}, body7), spool.Delivered)
+		var got []string
+		for _, v := range verbs(h.Sessions()[0]) {
+			got = append(got, strings.SplitN(v, " ", 2)[1])
+		}
+		want := "EHLO MAIL RCPT RCPT DATA MAIL RCPT DATA"
+		if lockStep {
+			want = "EHLO MAIL MAIL RCPT DATA"
+		}
+		if strings.Join(got, " ") != want || h.Connections() != 1 {
+			t.Errorf("%d connections, commands %s; want 1, %s", h.Connections(), strings.Join(got, " "), want)
+		}
+	})
+}

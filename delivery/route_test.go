@@ -61,6 +61,8 @@ func TestDeliverFallback(t *testing.T) {
 			{"554_greeting", peer.Behaviour{Greeting: &peer.Reply{Code: 554, Text: "go away"}}, 1},
 			{"hang_at_greeting", peer.Behaviour{Hang: peer.HangGreeting}, 1},
 			{"hang_at_ehlo", peer.Behaviour{Hang: peer.HangEHLO}, 1},
+			{"hang_at_mail", peer.Behaviour{Hang: peer.HangMail}, 1},
+			{"hang_at_rcpt", peer.Behaviour{Hang: peer.HangRcpt}, 1},
 			{"451_to_mail", peer.Behaviour{Mail: &peer.Reply{Code: 451, Enhanced: "4.7.1", Text: "greylisted"}}, 1},
 			{"421_to_rcpt", peer.Behaviour{Rcpt: &peer.Reply{Code: 421, Enhanced: "4.3.0", Text: "closing"}}, 1},
 		}
