@@ -17,7 +17,8 @@ package delivery
 //	host lacks 8BITMIME / SMTPUTF8 / SIZE         next host, then 5.6.3 / 5.6.7 / 5.3.4
 //
 // Recipients left unresolved when the hosts or the budget (addresses,
-// completed sessions) run out take the last host's error.
+// completed sessions) run out take the last host's error, or the last
+// temporary one when a later host refused permanently (see finish).
 
 import (
 	"context"
@@ -119,16 +120,18 @@ func (a *attempt) done() bool {
 		a.sessions >= cfg.MaxSessionsPerAttempt || a.ctx.Err() != nil
 }
 
-// finish gives the recipients no host resolved the last host error; a
-// missing capability fails them only when no host failed temporarily (a
-// better host may be back later).
+// finish gives the recipients no host resolved the last host error. A
+// permanent one (a 5xx greeting or EHLO, a missing capability) speaks of
+// that host, not of the recipients: it fails them only when no host
+// failed temporarily, since a better host may be back later (RFC 5321
+// §5.1: the hosts are tried, and retried, until one takes the mail).
 func (a *attempt) finish() {
 	why := a.last
 	if a.capErr != nil {
 		why = a.capErr
-		if a.lastTemp != nil {
-			why = a.lastTemp
-		}
+	}
+	if why != nil && why.Permanent && a.lastTemp != nil {
+		why = a.lastTemp
 	}
 	if why == nil {
 		why = localError(false, "4.4.1", phaseDial, "no host could be tried")

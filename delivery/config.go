@@ -157,7 +157,7 @@ type Config struct {
 	Relayhost *Relayhost
 	// Aliases rewrite the recipient of a DSN whose sender is in a local
 	// domain (see DSNConfig.Aliases).
-	Aliases *mailaddr.Aliases
+	Aliases AliasTable
 	// TLSPolicies per recipient domain for MX delivery (default opportunistic).
 	TLSPolicies map[string]TLSPolicy
 	// RootCAs verify certificates (nil: the system pool).

@@ -28,8 +28,16 @@ type DSNConfig struct {
 	NewID func() string
 	// Aliases rewrite a DSN's recipient when the sender is in a local
 	// domain (root@ourhost, a cron job's sender), so the notice reaches a
-	// real mailbox instead of routing back to us.
-	Aliases *mailaddr.Aliases
+	// real mailbox instead of routing back to us. nil: none.
+	Aliases AliasTable
+}
+
+// AliasTable expands an address in a local domain to its real recipients
+// (see mailaddr.Aliases.Expand, which *mailaddr.Aliases implements). The
+// daemon passes one whose table SIGHUP replaces; Expand is called from
+// many goroutines at once.
+type AliasTable interface {
+	Expand(a mailaddr.Address) (targets []mailaddr.Address, local bool, err error)
 }
 
 func (c DSNConfig) withDefaults() DSNConfig {
@@ -176,8 +184,12 @@ func buildDSN(cfg DSNConfig, m *spool.Message, kind dsnKind, rcpts []dsnRcpt, bo
 // dsnRecipients is the envelope of a DSN to the sender: the sender itself,
 // or its aliases when it is in a local domain. An unknown local sender keeps
 // its own address: the notice then fails, and a DSN is never bounced.
-func dsnRecipients(aliases *mailaddr.Aliases, sender string, to mailaddr.Address) []spool.Recipient {
-	targets, local, err := aliases.Expand(to)
+func dsnRecipients(aliases AliasTable, sender string, to mailaddr.Address) []spool.Recipient {
+	var targets []mailaddr.Address
+	local, err := false, error(nil)
+	if aliases != nil {
+		targets, local, err = aliases.Expand(to)
+	}
 	if !local || err != nil || len(targets) == 0 {
 		return []spool.Recipient{{Addr: sender, Domain: to.Domain, Notify: spool.NotifyNever}}
 	}

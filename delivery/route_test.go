@@ -288,3 +288,32 @@ func TestSetNextHops(t *testing.T) {
 		t.Errorf("route host got %+v, want the second message", got)
 	}
 }
+
+// TestDeliverBackupRefusingDoesNotBounce: a 5xx greeting from a backup MX
+// says nothing about the recipient; while a better host failed only for
+// now, the mail waits for it instead of bouncing (RFC 5321 §5.1: each host
+// is tried and retried until one takes it).
+func TestDeliverBackupRefusingDoesNotBounce(t *testing.T) {
+	tests := []struct {
+		name   string
+		backup peer.Behaviour
+	}{
+		{"554_greeting", peer.Behaviour{Greeting: &peer.Reply{Code: 554, Enhanced: "5.7.1", Text: "no relaying for you"}}},
+		{"550_greeting", peer.Behaviour{Greeting: &peer.Reply{Code: 550, Text: "no service"}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, setup{zone: basicZone,
+				hosts: map[string]peer.Behaviour{"127.0.0.2": {Greeting: &peer.Reply{Code: 421, Enhanced: "4.3.2", Text: "busy"}}, "127.0.0.3": tc.backup}})
+			id := w.send("a@sender.test", []string{"b@example.test"}, body7)
+			r := w.waitAttempts(id, 0, 1)
+			if r.State != spool.Deferred {
+				a := lastAttempt(r)
+				t.Fatalf("recipient %v after %s %d %s: want deferred for the best MX", r.State, a.Phase, a.Code, a.Text)
+			}
+			w.hosts["127.0.0.2"].SetBehaviour(peer.Behaviour{})
+			w.retry(time.Hour)
+			w.waitStates(id, spool.Delivered)
+		})
+	}
+}

@@ -35,14 +35,16 @@ func (t target) key() poolKey {
 	return k
 }
 
-// serverName is the SNI and verification name: the host name, or none for
-// an address.
+// serverName is the SNI and verification name: the host name, or for an
+// address (an address literal, or a route given as one) the address itself,
+// which crypto/tls verifies against the certificate's IP addresses and
+// never sends as SNI (RFC 6066 §3).
 func (t target) serverName() string {
 	if strings.HasPrefix(t.host, "[") {
-		return ""
+		return t.ip.String()
 	}
-	if _, err := netip.ParseAddr(t.host); err == nil {
-		return ""
+	if a, err := netip.ParseAddr(t.host); err == nil {
+		return a.String()
 	}
 	return t.host
 }

@@ -199,3 +199,22 @@ func TestDeliverRouteImplicitTLSOn465(t *testing.T) {
 		t.Errorf("session %+v", s)
 	}
 }
+
+// TestDeliverRouteVerifiesAnAddress: a route given as an address is
+// verified against the certificate's IP addresses (and sends no SNI).
+func TestDeliverRouteVerifiesAnAddress(t *testing.T) {
+	c := cert(t, "127.0.0.5")
+	w := newWorld(t, setup{zone: basicZone, hosts: map[string]peer.Behaviour{"127.0.0.5": {Cert: &c.TLS}}, noStart: true})
+	cfg := w.cfg
+	cfg.RootCAs = c.Pool()
+	cfg.Routes = map[string]delivery.NextHop{"example.test": {Hosts: []string{"[127.0.0.5]:" + strconv.Itoa(w.port)}}}
+	w = w.replace(cfg)
+	id := w.send("s@sender.test", []string{"x@example.test"}, body7)
+	m := w.waitStates(id, spool.Delivered)
+	if a := lastAttempt(&m.Envelope.Recipients[0]); a.TLS != "TLS1.3 verified" {
+		t.Errorf("attempt %+v, want a verified TLS session", a)
+	}
+	if s := w.hosts["127.0.0.5"].Sessions()[0]; !s.TLS || s.ServerName != "" {
+		t.Errorf("session %+v: want TLS without SNI", s)
+	}
+}

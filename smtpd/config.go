@@ -86,7 +86,8 @@ type Config struct {
 	// Timeouts bound each phase of a session.
 	Timeouts Timeouts
 	// AllowUnownedFrom turns off the check that the From: header of a
-	// submitted message holds only addresses the user owns.
+	// submitted message holds only addresses the user owns (replace with
+	// SetAllowUnownedFrom).
 	AllowUnownedFrom bool
 	// DKIM signs mail whose sender domain (From: header, else MAIL FROM)
 	// has a key here, keyed by normalised domain.

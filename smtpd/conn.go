@@ -129,6 +129,17 @@ func (s *Server) upgrade(old *conn) {
 // conn is the net.Conn go-smtp reads and writes. It does the TLS (so the
 // reply filter below sees plaintext also after STARTTLS), filters replies,
 // keeps read errors sticky and sets the deadlines of the DATA phase.
+//
+// It also batches replies. go-smtp writes every reply line with its own
+// Write; conn keeps them and sends what it has with one write when the
+// session is about to wait for the client (Read: go-smtp's bufio reader
+// calls it only once the pipelined input it holds is used up, RFC 2920
+// §3.2) and in Close, before the socket is closed or handed to STARTTLS.
+// Between writing a reply and its next read or Close, go-smtp waits on
+// nothing but the hooks of commands the client has already sent (a
+// bcrypt check, the spool's commit), so no reply is held back from a
+// client waiting for it. Each send has the write timeout, so a client
+// that stops reading cannot hold the session.
 type conn struct {
 	net.Conn // raw, or TLS over raw
 	raw      net.Conn
@@ -149,10 +160,16 @@ type conn struct {
 	midLine      bool      // the last write did not end a line
 	skipGreeting bool      // swallow go-smtp's greeting after STARTTLS
 	esmtp        bool      // the client said EHLO, not HELO
-	wbuf         []byte
 
 	killed      atomic.Bool // a hook panicked: end the connection
 	killWritten bool        // the reply after the panic went out; drop the rest
+
+	// The replies not sent yet. A forced Shutdown closes the connection
+	// from another goroutine, hence the mutex.
+	wmu     sync.Mutex
+	pending []byte
+	wErr    error       // sticky: after a failed send nothing more goes out
+	aborted atomic.Bool // a forced Shutdown: send nothing more
 
 	mu      sync.Mutex // guards what Shutdown and Close touch
 	handoff bool       // STARTTLS was accepted; go-smtp's session on this is over
@@ -163,6 +180,12 @@ type conn struct {
 func (c *conn) Read(p []byte) (int, error) {
 	if c.readErr != nil {
 		return 0, c.readErr
+	}
+	// The session is about to wait for the client: the client may be
+	// waiting for these replies.
+	if err := c.flush(); err != nil {
+		c.readErr = err
+		return 0, err
 	}
 	if c.handedOff() || c.killed.Load() {
 		c.readErr = io.EOF
@@ -182,6 +205,12 @@ func (c *conn) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
+	// After any deadline set above, as in flushLocked: that deadline
+	// must not outlast abort's.
+	if c.aborted.Load() {
+		c.readErr = net.ErrClosed
+		return 0, c.readErr
+	}
 	n, err := c.Conn.Read(p)
 	if err != nil {
 		c.readErr = err
@@ -189,10 +218,13 @@ func (c *conn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// maxPendingBytes bounds the replies held back: past it they are sent at
+// once. Pipelined input in go-smtp's 4 KiB buffer stays well under it.
+const maxPendingBytes = 32 << 10
+
+// Write takes one reply line from go-smtp (it writes whole lines, each
+// with one Write) and keeps it until the next flush.
 func (c *conn) Write(p []byte) (int, error) {
-	if err := c.handshake(); err != nil {
-		return 0, err
-	}
 	if c.killed.Load() {
 		// After a panic only the hook's 421 goes out; go-smtp may still
 		// answer commands it had buffered, and the client must not read
@@ -202,13 +234,62 @@ func (c *conn) Write(p []byte) (int, error) {
 		}
 		c.killWritten = true
 	}
-	out := c.filter(p)
-	if len(out) > 0 {
-		if _, err := c.Conn.Write(out); err != nil {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wErr != nil {
+		return 0, c.wErr
+	}
+	c.pending = c.filter(c.pending, p)
+	if len(c.pending) >= maxPendingBytes {
+		if err := c.flushLocked(); err != nil {
 			return 0, err
 		}
 	}
 	return len(p), nil
+}
+
+// flush sends the pending replies.
+func (c *conn) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.flushLocked()
+}
+
+func (c *conn) flushLocked() error {
+	if c.wErr != nil || len(c.pending) == 0 {
+		return c.wErr
+	}
+	if err := c.handshake(); err != nil {
+		c.wErr = err
+		return err
+	}
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.srv.timeouts.Command)); err != nil {
+		c.wErr = err
+		return err
+	}
+	// Checked after the deadline is set: abort sets its deadline after
+	// marking, so either this sees the mark or abort's deadline wins.
+	if c.aborted.Load() {
+		c.wErr = net.ErrClosed
+		return c.wErr
+	}
+	_, err := c.Conn.Write(c.pending)
+	c.pending = c.pending[:0]
+	if err != nil {
+		c.wErr = err
+	}
+	return err
+}
+
+// SetWriteDeadline does nothing: go-smtp sets one before each reply, but
+// here a reply is only kept; flush sets the deadline of each send.
+func (c *conn) SetWriteDeadline(time.Time) error { return nil }
+
+// abort makes the connection fail its next read or write, and one blocked
+// now, its pending replies unsent (a forced Shutdown).
+func (c *conn) abort() {
+	c.aborted.Store(true)
+	_ = c.raw.SetDeadline(time.Now()) // a closed connection needs no interrupt
 }
 
 // SetReadDeadline is called by go-smtp before each command line: the DATA
@@ -222,6 +303,8 @@ func (c *conn) SetReadDeadline(t time.Time) error {
 	return c.Conn.SetReadDeadline(t)
 }
 
+// Close sends the pending replies (QUIT's 221, a 421, STARTTLS's 220),
+// then closes the socket or hands it to the STARTTLS server.
 func (c *conn) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -231,7 +314,18 @@ func (c *conn) Close() error {
 	c.closed = true
 	handoff := c.handoff
 	c.mu.Unlock()
-	if handoff {
+	c.wmu.Lock()
+	unsent := len(c.pending) > 0
+	err := c.flushLocked()
+	if c.wErr == nil {
+		c.wErr = net.ErrClosed
+	}
+	c.pending = nil
+	c.wmu.Unlock()
+	if unsent && err != nil {
+		c.srv.log.Debug("last replies not sent", "ip", c.ip.String(), "listener", c.kind.String(), "err", err)
+	}
+	if handoff && err == nil { // without its 220 the client starts no TLS
 		c.srv.upgrade(c)
 		return nil
 	}
@@ -287,7 +381,8 @@ func (c *conn) inTransaction() bool {
 // its next command (Shutdown).
 func (c *conn) interruptIfIdle() {
 	if !c.inTransaction() {
-		_ = c.Conn.SetReadDeadline(time.Now()) // a closed connection needs no interrupt
+		// raw, not Conn: admit may still be setting Conn to TLS.
+		_ = c.raw.SetReadDeadline(time.Now()) // a closed connection needs no interrupt
 	}
 }
 
@@ -295,12 +390,11 @@ func (c *conn) interruptIfIdle() {
 func (c *conn) offersSTARTTLS() bool { return c.tls == nil && c.l.handoff != nil }
 
 // filter rewrites go-smtp's replies line by line (go-smtp writes whole
-// lines, each with one Write). It returns what goes to the client.
-func (c *conn) filter(p []byte) []byte {
+// lines, each with one Write). It appends what goes to the client to dst.
+func (c *conn) filter(dst, p []byte) []byte {
 	if c.handedOff() {
-		return nil
+		return dst
 	}
-	c.wbuf = c.wbuf[:0]
 	for rest := p; len(rest) > 0; {
 		line := rest
 		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
@@ -312,9 +406,9 @@ func (c *conn) filter(p []byte) []byte {
 		if start {
 			line = c.rewrite(line)
 		}
-		c.wbuf = append(c.wbuf, line...)
+		dst = append(dst, line...)
 	}
-	return c.wbuf
+	return dst
 }
 
 var (
@@ -436,6 +530,11 @@ func (s *Server) startPTR(ip netip.Addr) *ptrLookup {
 // wait returns the name, or "unknown" when the lookup is still running
 // after its timeout.
 func (p *ptrLookup) wait() string {
+	select {
+	case <-p.done: // usually: the lookup ran while the client talked
+		return p.name
+	default:
+	}
 	t := time.NewTimer(ptrTimeout)
 	defer t.Stop()
 	select {

@@ -23,10 +23,14 @@
 //     run time); the reply filter writes the current SIZE into EHLO.
 //   - Every error handed to go-smtp is an *smtp.SMTPError with a fixed,
 //     generic text (errors.go); details go to the log under the message ID.
-//   - Timeouts: go-smtp's per-command read and write timeouts are set, TLS
-//     handshakes are bounded, and during DATA every read gets an idle
-//     deadline under an overall cap. Any read error is sticky, so a body
-//     cut short is never read as commands.
+//   - Timeouts: go-smtp's per-command read timeout is set, replies are
+//     sent under the same timeout, TLS handshakes are bounded, and during
+//     DATA every read gets an idle deadline under an overall cap. Any read
+//     error is sticky, so a body cut short is never read as commands.
+//   - Replies are batched (RFC 2920 §3.2): go-smtp writes each line on
+//     its own; the connection wrapper sends what it holds in one write
+//     when the session is about to wait for the client, and before the
+//     connection is closed or handed to TLS.
 //   - Panics in the hooks are recovered, logged and counted here.
 //
 // Invariants of what is stored (RFC 5321 §2.3.8, RFC 5322 §2.1.1): the

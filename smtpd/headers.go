@@ -7,6 +7,7 @@ import (
 	"io"
 	"mime"
 	"net/mail"
+	"strconv"
 	"strings"
 	"time"
 
@@ -131,7 +132,7 @@ func (s *session) checkHeader(h *header) error {
 	if err != nil {
 		return s.refuse("data", errFromCount, "unparsable From field: "+err.Error())
 	}
-	if s.srv.cfg.AllowUnownedFrom {
+	if s.srv.unownedFrom.Load() {
 		return nil
 	}
 	for _, a := range addrs {
@@ -183,8 +184,12 @@ var dropped = map[string]bool{"bcc": true, "resent-bcc": true, "return-path": tr
 // fixHeader returns the new header section, its empty line, and the
 // pending first body line if any.
 func fixHeader(h *header, st stamp) []byte {
-	var b bytes.Buffer
-	b.WriteString(st.received)
+	size := len(st.received) + len("Message-ID: \r\nDate: \r\n\r\n") + len(st.messageID) + len(st.date) + len(h.pending)
+	for _, f := range h.fields {
+		size += len(f.raw)
+	}
+	b := make([]byte, 0, size)
+	b = append(b, st.received...)
 	hasID, hasDate := false, false
 	for _, f := range h.fields {
 		if dropped[f.lower] {
@@ -192,44 +197,59 @@ func fixHeader(h *header, st stamp) []byte {
 		}
 		hasID = hasID || f.lower == "message-id"
 		hasDate = hasDate || f.lower == "date"
-		b.Write(f.raw)
+		b = append(b, f.raw...)
 	}
 	if !hasID {
-		b.WriteString("Message-ID: " + st.messageID + "\r\n")
+		b = appendAll(b, "Message-ID: ", st.messageID, "\r\n")
 	}
 	if !hasDate {
-		b.WriteString("Date: " + st.date + "\r\n")
+		b = appendAll(b, "Date: ", st.date, "\r\n")
 	}
-	b.WriteString("\r\n")
-	b.Write(h.pending)
-	return b.Bytes()
+	b = append(b, "\r\n"...)
+	return append(b, h.pending...)
+}
+
+func appendAll(b []byte, parts ...string) []byte {
+	for _, p := range parts {
+		b = append(b, p...)
+	}
+	return b
 }
 
 func (s *session) fixHeader(id string, h *header, now time.Time) []byte {
+	date := now.Format(time.RFC1123Z)
 	return fixHeader(h, stamp{
-		received:  s.received(id, now),
+		received:  s.received(id, date),
 		messageID: "<" + id + "@" + s.srv.cfg.Hostname + ">",
-		date:      now.Format(time.RFC1123Z),
+		date:      date,
 	})
 }
 
 // received builds our trace field (RFC 5321 §4.4, protocol names of RFC
-// 3848 and RFC 6531 §4.3). It names the client by HELO, PTR and address
-// (or uid on the local socket), never by its AUTH login.
-func (s *session) received(id string, now time.Time) string {
-	var b strings.Builder
+// 3848 and RFC 6531 §4.3), dated date. It names the client by HELO, PTR
+// and address (or uid on the local socket), never by its AUTH login.
+func (s *session) received(id, date string) string {
 	helo := sanitizeToken(s.sc.Hostname())
+	var b strings.Builder
+	b.Grow(160 + len(helo) + len(s.srv.cfg.Hostname) + len(date))
+	writeAll(&b, "Received: from ", helo)
 	if s.kind == Local {
-		fmt.Fprintf(&b, "Received: from %s (uid %d)\r\n", helo, s.c.uid)
+		writeAll(&b, " (uid ", strconv.Itoa(s.c.uid), ")\r\n")
 	} else {
-		fmt.Fprintf(&b, "Received: from %s (%s [%s])\r\n", helo, s.c.ptr.wait(), ipLiteral(s.c))
+		writeAll(&b, " (", s.c.ptr.wait(), " [", ipLiteral(s.c), "])\r\n")
 	}
-	fmt.Fprintf(&b, "\tby %s (mta) with %s id %s", s.srv.cfg.Hostname, s.protocol(), id)
+	writeAll(&b, "\tby ", s.srv.cfg.Hostname, " (mta) with ", s.protocol(), " id ", id)
 	if len(s.rcpts) == 1 {
-		fmt.Fprintf(&b, "\r\n\tfor <%s>", s.rcpts[0].Addr)
+		writeAll(&b, "\r\n\tfor <", s.rcpts[0].Addr, ">")
 	}
-	fmt.Fprintf(&b, ";\r\n\t%s\r\n", now.Format(time.RFC1123Z))
+	writeAll(&b, ";\r\n\t", date, "\r\n")
 	return b.String()
+}
+
+func writeAll(b *strings.Builder, parts ...string) {
+	for _, p := range parts {
+		b.WriteString(p)
+	}
 }
 
 func ipLiteral(c *conn) string {
@@ -265,15 +285,22 @@ func sanitizeToken(v string) string {
 	if len(v) > 255 {
 		v = v[:255]
 	}
-	b := []byte(v)
-	for i, c := range b {
+	if len(v) == 0 {
+		return "unknown"
+	}
+	var b []byte // a copy, made at the first octet to replace
+	for i := 0; i < len(v); i++ {
+		c := v[i]
 		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte(".-_:[]", c) >= 0
 		if !ok {
+			if b == nil {
+				b = []byte(v)
+			}
 			b[i] = '?'
 		}
 	}
-	if len(b) == 0 {
-		return "unknown"
+	if b == nil {
+		return v
 	}
 	return string(b)
 }

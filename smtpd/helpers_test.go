@@ -101,6 +101,19 @@ func startServer(t testing.TB, opts ...func(*Config)) *testServer {
 
 func startServerWithSpool(t testing.TB, so spool.Options, opts ...func(*Config)) *testServer {
 	t.Helper()
+	return startTestServer(t, testSetup{spool: so}, opts...)
+}
+
+// testSetup is what a test may choose besides the Config.
+type testSetup struct {
+	spool spool.Options
+	// wrap, when set, wraps each TCP listener before Serve sees it.
+	wrap func(net.Listener) net.Listener
+}
+
+func startTestServer(t testing.TB, setup testSetup, opts ...func(*Config)) *testServer {
+	t.Helper()
+	so := setup.spool
 	so.Logger = testLogger(t)
 	sp, err := spool.Open(t.TempDir(), so)
 	if err != nil {
@@ -146,6 +159,9 @@ func startServerWithSpool(t testing.TB, so spool.Options, opts ...func(*Config))
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
+		}
+		if setup.wrap != nil {
+			ln = setup.wrap(ln)
 		}
 		serve(k, ln)
 	}

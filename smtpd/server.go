@@ -40,6 +40,7 @@ type Server struct {
 
 	users        atomic.Pointer[Users]
 	limits       atomic.Pointer[Limits]
+	unownedFrom  atomic.Bool // Config.AllowUnownedFrom, or SetAllowUnownedFrom
 	aliases      atomic.Pointer[mailaddr.Aliases]
 	localDomains []string
 
@@ -118,6 +119,7 @@ func (s *Server) setup(cfg Config) error {
 		return err
 	}
 	s.SetLimits(cfg.Limits)
+	s.SetAllowUnownedFrom(cfg.AllowUnownedFrom)
 	users := cfg.Users
 	if users == nil {
 		users = &Users{}
@@ -143,6 +145,10 @@ func (s *Server) SetLimits(l Limits) {
 	l = l.withDefaults()
 	s.limits.Store(&l)
 }
+
+// SetAllowUnownedFrom replaces Config.AllowUnownedFrom (e.g. after SIGHUP);
+// messages whose header is checked afterwards see it.
+func (s *Server) SetAllowUnownedFrom(allow bool) { s.unownedFrom.Store(allow) }
 
 // SetAliases replaces the aliases; it fails, changing nothing, when an
 // alias is malformed.
@@ -212,8 +218,9 @@ func (s *Server) newSMTPServer() *smtp.Server {
 }
 
 // Shutdown stops accepting, ends idle sessions with 421 and waits for the
-// others to finish their transaction; when ctx ends first it closes them
-// and returns ctx's error.
+// others to finish their transaction; when ctx ends first it ends them at
+// their next read or write, their last replies unsent, and returns ctx's
+// error.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing.Store(true)
@@ -247,6 +254,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	if ctx.Err() != nil {
+		// go-smtp's Close does nothing after its Shutdown, so the
+		// sessions are ended here, also one blocked sending to a client
+		// that does not read.
+		s.mu.Lock()
+		for c := range s.conns {
+			c.abort()
+		}
+		s.mu.Unlock()
 		for _, srv := range servers {
 			_ = srv.Close() // forced: the context ended
 		}

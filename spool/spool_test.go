@@ -163,6 +163,22 @@ func TestEnqueueErrors(t *testing.T) {
 	}
 }
 
+// TestNoSizeLimit: a negative MaxMessageBytes leaves the limit to the
+// caller (smtpd enforces its own, and the header fix-ups make the stored
+// copy larger than what the client sent).
+func TestNoSizeLimit(t *testing.T) {
+	s, _ := openSpool(t, Options{MaxMessageBytes: -1, InlineBodyBytes: 1024})
+	body := bodyOf("big", 51<<20)
+	id := enqueue(t, s, envelope("a@o.test", "b@d.example"), body)
+	m, err := s.Message(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Envelope.Size != int64(len(body)) {
+		t.Errorf("stored size %d, want %d", m.Envelope.Size, len(body))
+	}
+}
+
 func TestEnqueueDuplicate(t *testing.T) {
 	clk := newClock()
 	s, _ := openSpool(t, Options{Now: clk.Now})

@@ -223,7 +223,9 @@ type DomainCount struct {
 
 // Options configure a Spool. Zero values take the defaults shown.
 type Options struct {
-	// MaxMessageBytes refuses bodies larger than this (default 50 MiB).
+	// MaxMessageBytes refuses bodies larger than this (default 50 MiB;
+	// negative turns the check off, for a caller that enforces its own
+	// limit on what the client sends).
 	MaxMessageBytes int64
 	// MinFreeBytes refuses enqueues when the file system has less free
 	// space than this (default 100 MiB; negative turns the check off).

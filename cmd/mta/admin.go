@@ -58,12 +58,21 @@ type adminServer struct {
 
 // serve accepts connections until ln is closed.
 func (a *adminServer) serve(ln net.Listener) {
+	backoff := 5 * time.Millisecond
 	for {
 		conn, err := ln.Accept()
+		if err != nil && !errors.Is(err, net.ErrClosed) {
+			// EMFILE and the like pass; the socket stays open.
+			a.log.Error("admin socket accept", "err", err)
+			time.Sleep(backoff)
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
 		if err != nil {
 			a.wg.Wait()
 			return
 		}
+		backoff = 5 * time.Millisecond
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
@@ -115,7 +124,7 @@ func (a *adminServer) do(ctx context.Context, req adminRequest) adminResponse {
 		err = a.spool.Release(ctx, req.ID)
 		a.kick()
 	case "delete":
-		err = a.spool.Delete(ctx, req.ID, req.Bounce, "deleted by the administrator")
+		err = a.spool.Delete(ctx, req.ID, req.Bounce, "") // the spool says who deleted it
 	default:
 		err = fmt.Errorf("unknown operation %q", req.Op)
 	}

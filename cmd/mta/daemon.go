@@ -40,7 +40,7 @@ type daemonState struct {
 	certs    certStore
 	res      *resolver.Resolver
 	sp       *spool.Spool
-	aliases  *mailaddr.Aliases // for DSNs; smtpd keeps its own copy
+	aliases  liveAliases // for DSNs; smtpd keeps its own copy
 	engine   atomic.Pointer[delivery.Scheduler]
 	srv      *smtpd.Server
 	local    *pipeListener // maildrop imports enter the Local intake here
@@ -94,7 +94,7 @@ func (d *daemonState) start(ctx context.Context) error {
 		return err
 	}
 	d.startMetrics(runCtx)
-	d.importMaildrop(runCtx)
+	d.runMaildrop(runCtx, time.Minute)
 	return nil
 }
 

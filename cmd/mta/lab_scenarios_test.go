@@ -249,6 +249,9 @@ func TestLabChildProcess(t *testing.T) {
 	if info.PID != cmd.Process.Pid {
 		t.Errorf("lab.json names pid %d, the lab is %d", info.PID, cmd.Process.Pid)
 	}
+	// lab.json is written before the summary is printed: wait for its
+	// last line.
+	waitUntil(t, "the lab's summary", func() bool { return strings.Contains(out.String(), "Then: mta lab status") })
 	for _, want := range []string{"mta lab is running; Ctrl-C stops it.", "DNS server    " + info.DNS, "  relay       " + info.Relay[0],
 		"mx1.refused.test", "refuse connections", "mta lab status --dir " + dir} {
 		if !strings.Contains(out.String(), want) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +20,13 @@ import (
 // renamed, and the directory fsynced; the daemon imports finished files at
 // start and while it runs, taking the submitter's uid from the file owner.
 const maildropMagic = "X-Mta-Maildrop: 1"
+
+// Prefixes of maildrop files the daemon set aside: unreadable, or refused
+// for good by the intake. Scans skip them.
+const (
+	maildropBad      = "bad."
+	maildropRejected = "rejected."
+)
 
 // writeMaildrop stores sub in dir and returns the file's path.
 func writeMaildrop(dir string, sub *submission, now time.Time) (string, error) {
@@ -52,6 +60,13 @@ func writeMaildrop(dir string, sub *submission, now time.Time) (string, error) {
 	}
 	if err == nil {
 		err = syncDir(dir)
+		if errors.Is(err, fs.ErrPermission) {
+			// An ordinary user may create files in the maildrop (mode
+			// 1733) but not open it to fsync the new entry. The file's
+			// own data is on disk; the entry is as durable as the file
+			// system makes a rename, and the message is there now.
+			err = nil
+		}
 	}
 	if err != nil {
 		_ = os.Remove(tmp) // best effort; the daemon sweeps stale tmp files
@@ -127,6 +142,9 @@ func listMaildrop(dir string, now time.Time) ([]string, error) {
 	var out []string
 	for _, e := range ents {
 		if !e.Type().IsRegular() {
+			continue
+		}
+		if strings.HasPrefix(e.Name(), maildropBad) || strings.HasPrefix(e.Name(), maildropRejected) {
 			continue
 		}
 		if strings.HasPrefix(e.Name(), "tmp.") {

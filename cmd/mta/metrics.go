@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -126,16 +127,45 @@ func codeClass(code int) string {
 
 // Observer adapters.
 
-type smtpdObserver struct{ m *metrics }
+// smtpdObserver counts smtpd's events. The counters of the events that
+// come with every message (replies, accepted messages, connections) are
+// looked up once per label set and kept, not hashed on each event.
+type smtpdObserver struct {
+	m     *metrics
+	cache *sync.Map // labelKey → prometheus.Counter or prometheus.Gauge
+}
 
-func (o smtpdObserver) ConnOpened(l string)  { o.m.smtpdConns.WithLabelValues(l).Inc() }
-func (o smtpdObserver) ConnClosed(l string)  { o.m.smtpdConns.WithLabelValues(l).Dec() }
+// labelKey names one cached series: which metric, listener, reply class.
+type labelKey struct {
+	metric   string
+	listener string
+	class    int
+}
+
+func newSMTPDObserver(m *metrics) smtpdObserver { return smtpdObserver{m: m, cache: &sync.Map{}} }
+
+func (o smtpdObserver) series(k labelKey, mk func() any) any {
+	if v, ok := o.cache.Load(k); ok {
+		return v
+	}
+	v, _ := o.cache.LoadOrStore(k, mk())
+	return v
+}
+
+func (o smtpdObserver) conns(l string) prometheus.Gauge {
+	return o.series(labelKey{"conns", l, 0}, func() any { return o.m.smtpdConns.WithLabelValues(l) }).(prometheus.Gauge)
+}
+
+func (o smtpdObserver) ConnOpened(l string)  { o.conns(l).Inc() }
+func (o smtpdObserver) ConnClosed(l string)  { o.conns(l).Dec() }
 func (o smtpdObserver) ConnRefused(l string) { o.m.smtpdRefuse.WithLabelValues(l).Inc() }
 func (o smtpdObserver) Reply(l string, code int) {
-	o.m.replies.WithLabelValues(l, codeClass(code)).Inc()
+	c := o.series(labelKey{"replies", l, code / 100}, func() any { return o.m.replies.WithLabelValues(l, codeClass(code)) })
+	c.(prometheus.Counter).Inc()
 }
 func (o smtpdObserver) MessageAccepted(l string, size int64, rcpts int) {
-	o.m.received.WithLabelValues(l).Inc()
+	c := o.series(labelKey{"received", l, 0}, func() any { return o.m.received.WithLabelValues(l) })
+	c.(prometheus.Counter).Inc()
 	o.m.receivedB.Add(float64(size))
 }
 func (o smtpdObserver) AuthFailed(l string) { o.m.authFails.WithLabelValues(l).Inc() }

@@ -3,6 +3,8 @@ package main
 import (
 	"reflect"
 	"strings"
+
+	"mta/internal/mailaddr"
 )
 
 // reload re-reads the config file on SIGHUP and applies what can change
@@ -21,23 +23,22 @@ func (d *daemonState) reload() {
 		return
 	}
 	var applied []string
-	if next.UsersFile != "" {
-		users, err := loadUsersFile(next.UsersFile)
-		if err != nil {
-			d.log.Error("reload: users file refused; the old users stay", "err", err)
-		} else {
-			d.srv.SetUsers(users)
-			applied = append(applied, "users")
-		}
+	if next.UsersFile == "" {
+		d.srv.SetUsers(nil) // no users file: nobody logs in
+		applied = append(applied, "users")
+	} else if users, err := loadUsersFile(next.UsersFile); err != nil {
+		d.log.Error("reload: users file refused; the old users stay", "err", err)
+	} else {
+		d.srv.SetUsers(users)
+		applied = append(applied, "users")
 	}
 	if d.reloadCert(next) {
 		applied = append(applied, "tls")
 	}
 	d.srv.SetLimits(smtpdLimits(next.Limits))
+	d.srv.SetAllowUnownedFrom(allowUnownedFrom(next.Limits))
 	applied = append(applied, "limits")
-	if err := d.srv.SetAliases(aliasMap(next.Aliases)); err != nil {
-		d.log.Error("reload: aliases refused; the old aliases stay", "err", err)
-	} else {
+	if d.reloadAliases(next) {
 		applied = append(applied, "aliases")
 	}
 	if d.reloadNextHops(next) {
@@ -48,6 +49,21 @@ func (d *daemonState) reload() {
 	d.cfg.UsersFile, d.cfg.TLS, d.cfg.Limits, d.cfg.Aliases = next.UsersFile, next.TLS, next.Limits, next.Aliases
 	d.cfg.Routes, d.cfg.Relayhost, d.cfg.TLSPolicies = next.Routes, next.Relayhost, next.TLSPolicies
 	d.log.Info("reloaded", "applied", strings.Join(applied, ","), "need_restart", strings.Join(restart, ","))
+}
+
+// reloadAliases applies the aliases to RCPT (smtpd) and to the DSNs,
+// within the local domains the daemon started with.
+func (d *daemonState) reloadAliases(c *Config) bool {
+	dsn, err := mailaddr.NewAliases(aliasMap(c.Aliases), d.cfg.LocalDomains)
+	if err == nil {
+		err = d.srv.SetAliases(aliasMap(c.Aliases))
+	}
+	if err != nil {
+		d.log.Error("reload: aliases refused; the old aliases stay", "err", err)
+		return false
+	}
+	d.aliases.table.Store(dsn)
+	return true
 }
 
 // reloadNextHops applies routes, relayhost and TLS policies (and reads

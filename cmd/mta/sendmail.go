@@ -120,11 +120,17 @@ type submission struct {
 	Data  []byte // CRLF lines
 }
 
+// maxLineOctets is RFC 5322 §2.1.1's limit, without the CRLF.
+const maxLineOctets = 998
+
 // readSendmailInput reads stdin, turning LF line ends into CRLF; unless
-// ignoreDot, a line with a single "." ends the message.
+// ignoreDot, a line with a single "." ends the message. A line longer than
+// RFC 5322 allows is broken (folded in the header) rather than refused:
+// cron's output must not be lost to one long line.
 func readSendmailInput(r io.Reader, ignoreDot bool) ([]byte, error) {
 	var out bytes.Buffer
 	br := bufio.NewReader(r)
+	inHeader := true
 	for {
 		line, err := br.ReadBytes('\n')
 		if len(line) > 0 {
@@ -132,8 +138,10 @@ func readSendmailInput(r io.Reader, ignoreDot bool) ([]byte, error) {
 			if !ignoreDot && string(line) == "." {
 				break
 			}
-			out.Write(line)
-			out.WriteString("\r\n")
+			if len(line) == 0 {
+				inHeader = false
+			}
+			writeWrapped(&out, line, inHeader)
 		}
 		if errors.Is(err, io.EOF) {
 			break
@@ -143,6 +151,21 @@ func readSendmailInput(r io.Reader, ignoreDot bool) ([]byte, error) {
 		}
 	}
 	return out.Bytes(), nil
+}
+
+// writeWrapped writes line with CRLF, in pieces of at most maxLineOctets;
+// in the header each further piece starts with a space, folding the field.
+func writeWrapped(out *bytes.Buffer, line []byte, inHeader bool) {
+	for len(line) > maxLineOctets {
+		out.Write(line[:maxLineOctets])
+		out.WriteString("\r\n")
+		line = line[maxLineOctets:]
+		if inHeader {
+			line = append([]byte{' '}, line...)
+		}
+	}
+	out.Write(line)
+	out.WriteString("\r\n")
 }
 
 // buildSubmission takes the envelope from the arguments (and with -t from

@@ -129,3 +129,25 @@ func TestMaildropRoundTrip(t *testing.T) {
 		t.Error("junk file parsed")
 	}
 }
+
+func TestReadSendmailInputLongLines(t *testing.T) {
+	long := strings.Repeat("x", 2500)
+	got, err := readSendmailInput(strings.NewReader("Subject: "+long+"\n\n"+long+"\n"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(got), "\r\n"), "\r\n")
+	var rebuilt strings.Builder
+	for i, l := range lines {
+		if len(l) > maxLineOctets {
+			t.Fatalf("line %d has %d octets", i, len(l))
+		}
+		if i > 0 && i < 3 && !strings.HasPrefix(l, " ") {
+			t.Errorf("header continuation %d not folded: %.20q", i, l)
+		}
+		rebuilt.WriteString(strings.TrimPrefix(l, " "))
+	}
+	if want := "Subject: " + long + long; rebuilt.String() != want {
+		t.Errorf("content changed when wrapping (%d octets, want %d)", rebuilt.Len(), len(want))
+	}
+}

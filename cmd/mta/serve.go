@@ -81,9 +81,8 @@ func newLogger(c LogConfig, w io.Writer) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(w, opts)), nil
 }
 
-// loop runs until ctx ends (SIGTERM, SIGINT): it reloads on SIGHUP, pets
-// the systemd watchdog and imports the maildrop now and then; then it
-// drains and stops.
+// loop runs until ctx ends (SIGTERM, SIGINT): it reloads on SIGHUP and
+// pets the systemd watchdog; then it drains and stops.
 func (d *daemonState) loop(ctx context.Context) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -94,8 +93,6 @@ func (d *daemonState) loop(ctx context.Context) error {
 		defer t.Stop()
 		watchdog = t.C
 	}
-	maildrop := time.NewTicker(time.Minute)
-	defer maildrop.Stop()
 	d.notify("READY=1\nSTATUS=" + d.status())
 	d.log.Info("ready", "listening", strings.Join(d.listenOn, " "))
 	for {
@@ -116,8 +113,6 @@ func (d *daemonState) loop(ctx context.Context) error {
 				continue
 			}
 			d.notify("WATCHDOG=1")
-		case <-maildrop.C:
-			d.importMaildrop(ctx)
 		}
 	}
 }

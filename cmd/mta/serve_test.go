@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,13 +21,14 @@ import (
 // served is an in-process `mta serve` and what it listens on, read from
 // its "ready" log line.
 type served struct {
-	dir    string
-	config string
-	relay  string
-	admin  string
-	submit string
-	log    *lineLog
-	done   chan error
+	dir     string
+	config  string
+	relay   string
+	admin   string
+	submit  string
+	metrics string
+	log     *lineLog
+	done    chan error
 }
 
 // lineLog keeps the daemon's recent log lines for assertions.
@@ -69,7 +71,7 @@ delivery:
   retry_min: %s
   retry_max: %s
 metrics:
-  address: ""
+  address: "127.0.0.1:0"
 %s`, dir, dns.Addr(), port, retry, retry, extra)
 	path := filepath.Join(dir, "mta.yaml")
 	writeFile(t, path, cfg)
@@ -121,6 +123,8 @@ func startServe(t *testing.T, config string) *served {
 				s.admin = v
 			case "submit":
 				s.submit = v
+			case "metrics":
+				s.metrics = v
 			}
 		}
 	case result = <-s.done:
@@ -189,6 +193,8 @@ func waitMessages(t *testing.T, h *peer.Host, n int) []peer.Message {
 // from the retired record, through the admin socket.
 func TestServeDeliversAndShows(t *testing.T) {
 	s, hosts := serveWorld(t, "")
+	// The zone has no address for our own name: the start warns.
+	s.log.wait(t, "hostname does not resolve", "hostname=mta.example.test")
 	id := sendSMTP(t, s.relay, "a@sender.test", []string{"b@example.test"}, "Subject: hi\r\n\r\nhello\r\n")
 	got := waitMessages(t, hosts["127.0.0.2"], 1)
 	if got[0].To[0] != "b@example.test" || !strings.Contains(string(got[0].Data), "by mta.example.test (mta) with ESMTP id "+id) {
@@ -363,5 +369,92 @@ func TestQueueCommands(t *testing.T) {
 	}
 	if out := q("show", id); !strings.Contains(out, "finished") || !strings.Contains(out, "deleted by the administrator") {
 		t.Errorf("deleted message's record:\n%s", out)
+	}
+}
+
+// TestMetrics: after a delivery, /metrics shows it under the documented
+// names and /healthz answers ok.
+func TestMetrics(t *testing.T) {
+	s, hosts := serveWorld(t, "")
+	sendSMTP(t, s.relay, "a@sender.test", []string{"b@example.test"}, "Subject: hi\r\n\r\nhello\r\n")
+	waitMessages(t, hosts["127.0.0.2"], 1)
+	get := func(path string) string {
+		t.Helper()
+		resp, err := http.Get("http://" + s.metrics + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d %v", path, resp.StatusCode, err)
+		}
+		return string(b)
+	}
+	if h := get("/healthz"); h != "ok\n" {
+		t.Errorf("/healthz = %q", h)
+	}
+	var m string
+	testpeer.WaitFor(t, "the delivery in the metrics", func() bool {
+		m = get("/metrics")
+		return strings.Contains(m, `mta_delivery_attempts_total{class="2xx",phase="data",result="delivered"} 1`)
+	})
+	for _, want := range []string{
+		`mta_smtpd_messages_received_total{listener="relay"} 1`,
+		`mta_smtpd_replies_total{class="2xx",listener="relay"}`,
+		`mta_delivery_latency_seconds_count 1`,
+		`mta_spool_recipients{state="deferred"} 0`,
+		`mta_spool_messages `,
+		`mta_spool_file_bytes `,
+		`mta_resolver_lookups_total{cached="false",result="ok",type="MX"}`,
+		`mta_panics_total`,
+		`go_goroutines `,
+	} {
+		if want == "mta_panics_total" {
+			if strings.Contains(m, "mta_panics_total{") {
+				t.Errorf("a panic was counted:\n%s", m)
+			}
+			continue
+		}
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+// TestMaildropRejectedSetAside: a maildrop message the intake refuses for
+// good (an unknown user of a local domain) is set aside with its reason
+// instead of being retried forever; an unreadable file likewise.
+func TestMaildropRejectedSetAside(t *testing.T) {
+	dns := testpeer.NewDNS(t, worldZone)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "mta.yaml")
+	writeFile(t, path, fmt.Sprintf("hostname: mta.example.test\nstate_dir: %s\nlocal_domains: [local.test]\naliases: {postmaster: a@example.test}\n"+
+		"listeners: {relay: [\"127.0.0.1:0\"], submission: [], submissions: []}\ndns: {servers: [%q]}\nmetrics: {address: \"\"}\n", dir, dns.Addr()))
+	drop := filepath.Join(dir, maildropSubdir)
+	if err := ensureMaildrop(drop); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writeMaildrop(drop, &submission{Rcpts: []string{"nobody@local.test"}, Data: []byte("Subject: x\r\n\r\nx\r\n")}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(drop, "garbage"), "not a maildrop file\n")
+	s := startServe(t, path)
+	s.log.wait(t, "maildrop import", "set aside as")
+	s.log.wait(t, "maildrop import", "set aside as")
+	ents, err := os.ReadDir(drop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	got := strings.Join(names, " ")
+	if !strings.Contains(got, maildropRejected) || !strings.Contains(got, maildropBad+"garbage") || len(names) != 2 {
+		t.Errorf("maildrop holds %v, want one rejected. and one bad. file", names)
+	}
+	if files, _ := listMaildrop(drop, time.Now()); len(files) != 0 {
+		t.Errorf("set-aside files are scanned again: %v", files)
 	}
 }

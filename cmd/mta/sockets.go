@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -144,11 +143,7 @@ func (d *daemonState) importMaildrop(ctx context.Context) {
 func (d *daemonState) importOne(ctx context.Context, path string) error {
 	e, err := readMaildrop(path)
 	if err != nil {
-		bad := filepath.Join(filepath.Dir(path), "bad."+strings.TrimPrefix(filepath.Base(path), "bad."))
-		if rerr := os.Rename(path, bad); rerr != nil {
-			return fmt.Errorf("%w (and could not set it aside: %v)", err, rerr)
-		}
-		return fmt.Errorf("%w: set aside as %s", err, bad)
+		return setAside(path, maildropBad, err)
 	}
 	submit := func(sub *submission) error {
 		conn, err := d.local.dial(e.UID)
@@ -164,9 +159,44 @@ func (d *daemonState) importOne(ctx context.Context, path string) error {
 		e.Sub.From = ""
 		err = submit(&e.Sub)
 	}
+	if errors.As(err, &se) && !se.Temporary() {
+		// Refused for good (an unknown local user, a malformed line): kept
+		// for the operator rather than retried every minute forever.
+		return setAside(path, maildropRejected, err)
+	}
 	if err != nil {
 		return err // stays in the maildrop; the next scan tries again
 	}
 	d.log.Info("maildrop message imported", "file", path, "uid", e.UID, "rcpts", len(e.Sub.Rcpts))
 	return os.Remove(path)
+}
+
+// setAside renames a maildrop file the daemon will not import, so the
+// operator finds it (and the reason in the log) and scans skip it.
+func setAside(path, prefix string, why error) error {
+	aside := filepath.Join(filepath.Dir(path), prefix+filepath.Base(path))
+	if err := os.Rename(path, aside); err != nil {
+		return fmt.Errorf("%w (and could not set it aside: %v)", why, err)
+	}
+	return fmt.Errorf("%w: set aside as %s", why, aside)
+}
+
+// runMaildrop imports the maildrop at start and every interval after, in
+// its own goroutine: a large backlog neither delays READY nor the
+// watchdog.
+func (d *daemonState) runMaildrop(ctx context.Context, interval time.Duration) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			d.importMaildrop(ctx)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
 }

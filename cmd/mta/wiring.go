@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"mta/delivery"
@@ -20,13 +21,18 @@ import (
 // openSpool opens the spool with the delivery engine's DSN builder as its
 // bounce hook and the engine's kick as its due signal.
 func (d *daemonState) openSpool() error {
-	var err error
-	if d.aliases, err = loadAliases(d.cfg); err != nil {
+	aliases, err := loadAliases(d.cfg)
+	if err != nil {
 		return err
 	}
+	d.aliases.table.Store(aliases)
 	dir := filepath.Join(d.dirs.State, spoolSubdir)
 	sp, err := spool.Open(dir, spool.Options{
-		MaxMessageBytes: d.cfg.Limits.MaxMessageBytes,
+		// smtpd enforces limits.max_message_bytes on what the client
+		// sends (the SIZE it advertises, changed by SIGHUP). The stored
+		// copy is larger by the header fix-ups and DKIM signature, so the
+		// spool must not apply the same number again.
+		MaxMessageBytes: -1,
 		MinFreeBytes:    d.cfg.Spool.MinFreeBytes,
 		RetiredMaxAge:   time.Duration(d.cfg.Spool.RetiredMaxAge),
 		RetiredMaxCount: d.cfg.Spool.RetiredMaxCount,
@@ -46,7 +52,17 @@ func (d *daemonState) openSpool() error {
 }
 
 func (d *daemonState) dsnConfig() delivery.DSNConfig {
-	return delivery.DSNConfig{Hostname: d.cfg.Hostname, Lifetime: time.Duration(d.cfg.Delivery.Lifetime), Aliases: d.aliases}
+	return delivery.DSNConfig{Hostname: d.cfg.Hostname, Lifetime: time.Duration(d.cfg.Delivery.Lifetime), Aliases: &d.aliases}
+}
+
+// liveAliases is the alias table the DSNs follow; SIGHUP replaces it
+// (smtpd keeps its own copy for RCPT).
+type liveAliases struct {
+	table atomic.Pointer[mailaddr.Aliases]
+}
+
+func (l *liveAliases) Expand(a mailaddr.Address) ([]mailaddr.Address, bool, error) {
+	return l.table.Load().Expand(a)
 }
 
 // loadAliases builds the alias table of the local domains.
@@ -109,7 +125,7 @@ func (d *daemonState) deliveryConfig() (delivery.Config, error) {
 		Routes:              routes,
 		Relayhost:           relay,
 		TLSPolicies:         policies,
-		Aliases:             d.aliases,
+		Aliases:             &d.aliases,
 		Logger:              d.log.With("subsystem", "delivery"),
 		Observer:            deliveryObserver{d.metrics},
 	}
@@ -207,12 +223,12 @@ func (d *daemonState) smtpdConfig() (smtpd.Config, error) {
 		MyOrigin:             c.MyOrigin,
 		Aliases:              aliasMap(c.Aliases),
 		Limits:               smtpdLimits(c.Limits),
-		AllowUnownedFrom:     c.Limits.FromHeaderMustMatch != nil && !*c.Limits.FromHeaderMustMatch,
+		AllowUnownedFrom:     allowUnownedFrom(c.Limits),
 		SendmailTrustedUsers: c.SendmailTrust,
 		LookupPTR:            d.lookupPTR,
 		TempDir:              filepath.Join(d.dirs.State, "tmp"),
 		Logger:               d.log.With("subsystem", "smtpd"),
-		Observer:             smtpdObserver{d.metrics},
+		Observer:             newSMTPDObserver(d.metrics),
 	}
 	if err := os.MkdirAll(sc.TempDir, 0o700); err != nil {
 		return sc, err
@@ -238,6 +254,12 @@ func (d *daemonState) lookupPTR(ctx context.Context, ip netip.Addr) (string, err
 		return "", err
 	}
 	return strings.TrimSuffix(names[0], "."), nil
+}
+
+// allowUnownedFrom is limits.from_header_must_match turned around (on
+// when left out).
+func allowUnownedFrom(l Limits) bool {
+	return l.FromHeaderMustMatch != nil && !*l.FromHeaderMustMatch
 }
 
 func smtpdLimits(l Limits) smtpd.Limits {
