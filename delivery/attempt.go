@@ -9,7 +9,9 @@ package delivery
 //	5xx to MAIL                                   the transaction's recipients fail
 //	RCPT 452 (and 552, RFC 5321 §4.5.3.1.10)      a new transaction for them
 //	RCPT other 4xx / 5xx                          that recipient deferred / failed
-//	no RCPT accepted                              no DATA (RSET)
+//	no RCPT accepted                              no DATA; RSET before the next MAIL
+//	no RCPT accepted, DATA pipelined anyway       refused: RSET before the next MAIL;
+//	                                              354: a lone "." (RFC 2920 §3.1), nothing delivered
 //	DATA or final dot 4xx / 5xx                   deferred / failed
 //	connection lost after the final dot           deferred, a possible duplicate
 //	host lacks 8BITMIME / SMTPUTF8 / SIZE         next host, then 5.6.3 / 5.6.7 / 5.3.4
@@ -170,44 +172,52 @@ func (a *attempt) tryHost(h mxHost) {
 			return
 		}
 		t := target{host: h.name, ip: ip, port: h.port, policy: h.policy, implicit: h.implicit, auth: h.auth}
+		if a.tryAddr(t) {
+			return
+		}
+	}
+}
+
+// tryAddr delivers over one address, on a pooled session or a new one; it
+// reports whether to stop trying h's addresses.
+func (a *attempt) tryAddr(t target) (stop bool) {
+	for {
 		s, aerr := a.session(t)
 		if aerr != nil {
 			a.fail(aerr)
-			continue
+			return false
 		}
 		if cerr := a.capability(s); cerr != nil {
 			a.step(errStep(cerr))
 			a.capErr = cerr
 			a.e.pool.put(s)
-			return
+			return true
 		}
-		a.sessions++
 		herr := a.deliverOn(s)
 		if herr == nil {
+			a.sessions++
 			a.e.pool.put(s)
-			return
+			return true
 		}
 		a.e.closeSession(s)
-		a.fail(herr)
-		if herr.Phase == phaseMail && herr.Code/100 == 4 && herr.Code != 421 {
-			return // the host is busy or greylisting: its other addresses would say the same
+		if s.reused && !s.w.answered && (herr.Code == 0 || herr.Code == 421) {
+			continue // the host closed it while it was idle; nothing was settled on it
 		}
+		a.sessions++
+		a.fail(herr)
+		return herr.Phase == phaseMail && herr.Code/100 == 4 && herr.Code != 421 // busy or greylisting: its other addresses would say the same
 	}
 }
 
-// session takes a pooled session for t (checked with RSET) or dials one.
+// session takes a pooled session for t or dials one. A pooled session is
+// not probed (no RSET, no NOOP): if the host closed it, its first command
+// fails and tryAddr takes another.
 func (a *attempt) session(t target) (*session, *AttemptError) {
 	e := a.e
-	for {
-		s := e.pool.get(t.key())
-		if s == nil {
-			break
-		}
-		if err := e.reset(s); err == nil {
-			s.reused = true
-			return s, nil
-		}
-		e.closeSession(s) // stale: the peer closed it while idle
+	if s := e.pool.get(t.key()); s != nil {
+		s.reused = true
+		s.w.answered = false
+		return s, nil
 	}
 	a.addrs++
 	s, aerr := e.open(a.ctx, t)
@@ -221,9 +231,9 @@ func (a *attempt) session(t target) (*session, *AttemptError) {
 func (a *attempt) capability(s *session) *AttemptError {
 	var ae *AttemptError
 	switch env := &a.j.msg.Envelope; {
-	case a.j.need8Bit && !s.eightBit:
+	case a.j.need8Bit && !s.x.eightBit:
 		ae = localError(true, "5.6.3", phaseMail, "host does not offer 8BITMIME for an 8-bit message")
-	case a.j.needUTF8 && !s.utf8:
+	case a.j.needUTF8 && !s.x.utf8:
 		ae = localError(true, "5.6.7", phaseMail, "host does not offer SMTPUTF8 for an internationalized address")
 	case s.size > 0 && env.Size > s.size:
 		ae = localError(true, "5.3.4", phaseMail, "message is larger than the host's SIZE limit")

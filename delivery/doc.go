@@ -1,8 +1,8 @@
 // Package delivery takes due recipients from the spool and hands them to
 // each destination's mail exchangers over SMTP: the scheduler, the
 // destination queues, the SMTP client side, TLS policy, retries and
-// delivery status notifications (RFC 5321 §5, §4.5.3.2, §4.5.4; RFC 3207;
-// RFC 3461, 3464, 6522, 6533).
+// delivery status notifications (RFC 5321 §5, §4.5.3.2, §4.5.4; RFC 2920;
+// RFC 3207; RFC 3461, 3464, 6522, 6533).
 //
 // What it owns and keeps true:
 //
@@ -42,8 +42,17 @@
 //     after a failed handshake, the host remembered as broken for a day);
 //     per-domain "require" and "verify"; configured routes verify by
 //     default, use implicit TLS on port 465, and never send AUTH in clear.
-//   - Connections are reused per (host, TLS policy, AUTH user), with RSET
-//     between messages, bounded by messages and age, closed when idle.
+//   - Connections are reused per (host, TLS policy, AUTH user), bounded by
+//     messages and age, closed when idle. The next MAIL follows a completed
+//     transaction directly (RFC 5321 §4.1.1.5); RSET comes only after an
+//     abandoned one, and EHLO is never said twice. A pooled connection the
+//     host closed while idle fails before any reply and is replaced,
+//     without counting as a failed attempt.
+//   - go-smtp's client takes a session through the greeting, EHLO, STARTTLS
+//     and AUTH; the transactions are written by wire.go and command.go. To
+//     a host offering PIPELINING (RFC 2920), MAIL, every RCPT and DATA go in
+//     one write and the replies are read in order; otherwise lock-step. The
+//     MAIL and RCPT parameters are those go-smtp writes, byte for byte.
 //   - Shutdown stops claiming, lets in-flight transactions finish until its
 //     context ends, then closes their connections: an interrupted recipient
 //     is given back to the spool and is due again (at worst delivered twice).

@@ -176,43 +176,45 @@ func TestDSNDelayOnceAfterWarning(t *testing.T) {
 }
 
 func TestDSNNotifyPassedOnOrRelayed(t *testing.T) {
-	tests := []struct {
-		name    string
-		hop     peer.Behaviour
-		relayed bool // we owe a "relayed" DSN
-	}{
-		{"hop_with_DSN_gets_the_parameters", peer.Behaviour{}, false},
-		{"hop_without_DSN_relayed_notice", peer.Behaviour{NoDSN: true}, true},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			w := newWorld(t, setup{zone: dsnZone, hosts: map[string]peer.Behaviour{"127.0.0.2": tc.hop, "127.0.0.4": {}}})
-			id := w.send("s@sender.test", []string{"x@example.test"}, body7, func(e *spool.Envelope) {
-				e.EnvID, e.Ret = "env-7", spool.RetFull
-				e.Recipients[0].Notify = spool.NotifySuccess | spool.NotifyFailure
-				e.Recipients[0].ORcpt = "rfc822;x@example.test"
+	eachMode(t, func(t *testing.T, lockStep bool) {
+		tests := []struct {
+			name    string
+			hop     peer.Behaviour
+			relayed bool // we owe a "relayed" DSN
+		}{
+			{"hop_with_DSN_gets_the_parameters", peer.Behaviour{}, false},
+			{"hop_without_DSN_relayed_notice", peer.Behaviour{NoDSN: true}, true},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				w := newWorld(t, setup{lockStep: lockStep, zone: dsnZone, hosts: map[string]peer.Behaviour{"127.0.0.2": tc.hop, "127.0.0.4": {}}})
+				id := w.send("s@sender.test", []string{"x@example.test"}, body7, func(e *spool.Envelope) {
+					e.EnvID, e.Ret = "env-7", spool.RetFull
+					e.Recipients[0].Notify = spool.NotifySuccess | spool.NotifyFailure
+					e.Recipients[0].ORcpt = "rfc822;x@example.test"
+				})
+				w.waitStates(id, spool.Delivered)
+				got := w.hosts["127.0.0.2"].Messages()[0]
+				if !tc.relayed {
+					ro := got.RcptOpts[0]
+					if got.Opts.EnvelopeID != "env-7" || got.Opts.Return != smtp.DSNReturnFull ||
+						!slices.Equal(ro.Notify, []smtp.DSNNotify{smtp.DSNNotifySuccess, smtp.DSNNotifyFailure}) ||
+						ro.OriginalRecipient != "x@example.test" {
+						t.Errorf("DSN parameters not passed on: mail %+v rcpt %+v", got.Opts, ro)
+					}
+				}
+				sender := w.hosts["127.0.0.4"]
+				if tc.relayed {
+					testpeer.WaitHost(t, sender, "the relayed DSN", func(h *peer.Host) bool { return len(h.Messages()) == 1 })
+					if d := string(sender.Messages()[0].Data); !contains(d, "Action: relayed", "Remote-MTA: dns; mx1.example.test") {
+						t.Errorf("relayed DSN:\n%s", d)
+					}
+				} else if n := len(sender.Messages()); n != 0 {
+					t.Errorf("%d DSNs from us, want none: the hop reports itself", n)
+				}
 			})
-			w.waitStates(id, spool.Delivered)
-			got := w.hosts["127.0.0.2"].Messages()[0]
-			if !tc.relayed {
-				ro := got.RcptOpts[0]
-				if got.Opts.EnvelopeID != "env-7" || got.Opts.Return != smtp.DSNReturnFull ||
-					!slices.Equal(ro.Notify, []smtp.DSNNotify{smtp.DSNNotifySuccess, smtp.DSNNotifyFailure}) ||
-					ro.OriginalRecipient != "x@example.test" {
-					t.Errorf("DSN parameters not passed on: mail %+v rcpt %+v", got.Opts, ro)
-				}
-			}
-			sender := w.hosts["127.0.0.4"]
-			if tc.relayed {
-				testpeer.WaitHost(t, sender, "the relayed DSN", func(h *peer.Host) bool { return len(h.Messages()) == 1 })
-				if d := string(sender.Messages()[0].Data); !contains(d, "Action: relayed", "Remote-MTA: dns; mx1.example.test") {
-					t.Errorf("relayed DSN:\n%s", d)
-				}
-			} else if n := len(sender.Messages()); n != 0 {
-				t.Errorf("%d DSNs from us, want none: the hop reports itself", n)
-			}
-		})
-	}
+		}
+	})
 }
 
 func TestDSNNeverForNullSenderOrDSN(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"mta/delivery"
 	"mta/internal/testpeer"
@@ -15,7 +16,8 @@ import (
 )
 
 // TestDeliverToPostfixSmtpSink delivers to an independent server, Postfix's
-// smtp-sink, and reads what it dumped.
+// smtp-sink, which offers PIPELINING, and reads what it dumped: one message
+// on a new connection, then two more on the same one, reused.
 func TestDeliverToPostfixSmtpSink(t *testing.T) {
 	const sink = "/usr/sbin/smtp-sink"
 	if _, err := os.Stat(sink); err != nil {
@@ -47,24 +49,36 @@ func TestDeliverToPostfixSmtpSink(t *testing.T) {
 	})
 
 	zone := "sink.test. 300 IN MX 10 mx.sink.test.\nmx.sink.test. 300 IN A " + ip + "\n"
-	w := newWorld(t, setup{zone: zone, cfg: func(c *delivery.Config) { c.Port = port }})
+	w := newWorld(t, setup{zone: zone, cfg: func(c *delivery.Config) { c.Port, c.IdleTimeout = port, time.Minute }})
 	id := w.send("s@sender.test", []string{"a@sink.test", "b@sink.test"}, body7)
 	w.waitStates(id, spool.Delivered, spool.Delivered)
+	for _, to := range []string{"c@sink.test", "d@sink.test"} {
+		w.waitStates(w.send("s@sender.test", []string{to}, body7), spool.Delivered)
+	}
+	if n := w.sched.OpenConnections(); n != 1 {
+		t.Errorf("%d connections open, want the one reused", n)
+	}
 
-	var dump string
-	testpeer.WaitFor(t, "smtp-sink to dump the message", func() bool {
+	dumps := map[string]string{} // by recipient
+	testpeer.WaitFor(t, "smtp-sink to dump the messages", func() bool {
 		files, _ := filepath.Glob(filepath.Join(dir, "*"))
-		if len(files) != 1 {
-			return false
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil || !strings.Contains(string(b), "Hello there.") {
+				return false
+			}
+			for _, to := range []string{"a", "c", "d"} {
+				if strings.Contains(string(b), "X-Rcpt-Args: <"+to+"@sink.test>") {
+					dumps[to] = string(b)
+				}
+			}
 		}
-		b, err := os.ReadFile(files[0])
-		dump = string(b)
-		return err == nil && strings.Contains(dump, "Hello there.")
+		return len(files) == 3 && len(dumps) == 3
 	})
 	for _, want := range []string{"X-Helo-Args: " + ourHost, "X-Mail-Args: <s@sender.test>",
 		"X-Rcpt-Args: <a@sink.test>", "X-Rcpt-Args: <b@sink.test>", "Subject: hello", "Message-ID: <1@sender.test>"} {
-		if !strings.Contains(dump, want) {
-			t.Errorf("smtp-sink dump lacks %q:\n%s", want, dump)
+		if !strings.Contains(dumps["a"], want) {
+			t.Errorf("smtp-sink dump lacks %q:\n%s", want, dumps["a"])
 		}
 	}
 }

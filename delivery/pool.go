@@ -62,6 +62,10 @@ func (p *pool) set(k poolKey, list []*idleSession) {
 // has served enough messages or time, or the pool is full or closed.
 func (p *pool) put(s *session) {
 	cfg := &p.e.cfg
+	if s.spent {
+		p.e.closeSession(s)
+		return
+	}
 	if s.msgs >= cfg.ReuseMessages || time.Since(s.born) >= cfg.ReuseAge {
 		p.e.background(func() { p.e.quit(s) })
 		return

@@ -50,39 +50,43 @@ func TestDeliverPriority(t *testing.T) {
 }
 
 func TestDeliverFallback(t *testing.T) {
-	tests := []struct {
-		name  string
-		best  peer.Behaviour
-		dials int // connections the best MX should see
-	}{
-		{"refused", peer.Behaviour{Refuse: true}, 0},
-		{"421_greeting", peer.Behaviour{Greeting: &peer.Reply{Code: 421, Enhanced: "4.3.2", Text: "busy"}}, 1},
-		{"554_greeting", peer.Behaviour{Greeting: &peer.Reply{Code: 554, Text: "go away"}}, 1},
-		{"hang_at_greeting", peer.Behaviour{Hang: peer.HangGreeting}, 1},
-		{"hang_at_ehlo", peer.Behaviour{Hang: peer.HangEHLO}, 1},
-		{"451_to_mail", peer.Behaviour{Mail: &peer.Reply{Code: 451, Enhanced: "4.7.1", Text: "greylisted"}}, 1},
-		{"421_to_rcpt", peer.Behaviour{Rcpt: &peer.Reply{Code: 421, Enhanced: "4.3.0", Text: "closing"}}, 1},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			w := newWorld(t, setup{zone: basicZone,
-				hosts: map[string]peer.Behaviour{"127.0.0.2": tc.best, "127.0.0.3": {}},
-				cfg: func(c *delivery.Config) {
-					c.Timeouts.Greeting, c.Timeouts.Command = 300*time.Millisecond, 300*time.Millisecond
-				}})
-			id := w.send("a@sender.test", []string{"b@example.test"}, body7)
-			m := w.waitStates(id, spool.Delivered)
-			if n := len(w.hosts["127.0.0.3"].Messages()); n != 1 {
-				t.Errorf("backup MX got %d messages, want 1", n)
-			}
-			if n := w.hosts["127.0.0.2"].Connections(); !tc.best.Refuse && n != tc.dials {
-				t.Errorf("best MX saw %d connections, want %d", n, tc.dials)
-			}
-			if a := lastAttempt(&m.Envelope.Recipients[0]); a.Host != "mx2.example.test" {
-				t.Errorf("delivered through %q, want mx2.example.test", a.Host)
-			}
-		})
-	}
+	eachMode(t, func(t *testing.T, lockStep bool) {
+		tests := []struct {
+			name  string
+			best  peer.Behaviour
+			dials int // connections the best MX should see
+		}{
+			{"refused", peer.Behaviour{Refuse: true}, 0},
+			{"421_greeting", peer.Behaviour{Greeting: &peer.Reply{Code: 421, Enhanced: "4.3.2", Text: "busy"}}, 1},
+			{"554_greeting", peer.Behaviour{Greeting: &peer.Reply{Code: 554, Text: "go away"}}, 1},
+			{"hang_at_greeting", peer.Behaviour{Hang: peer.HangGreeting}, 1},
+			{"hang_at_ehlo", peer.Behaviour{Hang: peer.HangEHLO}, 1},
+			{"hang_at_mail", peer.Behaviour{Hang: peer.HangMail}, 1},
+			{"hang_at_rcpt", peer.Behaviour{Hang: peer.HangRcpt}, 1},
+			{"451_to_mail", peer.Behaviour{Mail: &peer.Reply{Code: 451, Enhanced: "4.7.1", Text: "greylisted"}}, 1},
+			{"421_to_rcpt", peer.Behaviour{Rcpt: &peer.Reply{Code: 421, Enhanced: "4.3.0", Text: "closing"}}, 1},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				w := newWorld(t, setup{lockStep: lockStep, zone: basicZone,
+					hosts: map[string]peer.Behaviour{"127.0.0.2": tc.best, "127.0.0.3": {}},
+					cfg: func(c *delivery.Config) {
+						c.Timeouts.Greeting, c.Timeouts.Command = 300*time.Millisecond, 300*time.Millisecond
+					}})
+				id := w.send("a@sender.test", []string{"b@example.test"}, body7)
+				m := w.waitStates(id, spool.Delivered)
+				if n := len(w.hosts["127.0.0.3"].Messages()); n != 1 {
+					t.Errorf("backup MX got %d messages, want 1", n)
+				}
+				if n := w.hosts["127.0.0.2"].Connections(); !tc.best.Refuse && n != tc.dials {
+					t.Errorf("best MX saw %d connections, want %d", n, tc.dials)
+				}
+				if a := lastAttempt(&m.Envelope.Recipients[0]); a.Host != "mx2.example.test" {
+					t.Errorf("delivered through %q, want mx2.example.test", a.Host)
+				}
+			})
+		}
+	})
 }
 
 func TestDeliverEqualPreferenceSpread(t *testing.T) {
@@ -165,7 +169,8 @@ mx.sender.test. 300 IN A 127.0.0.4
 }
 
 func TestDeliverAttemptBudget(t *testing.T) {
-	zone := `
+	eachMode(t, func(t *testing.T, lockStep bool) {
+		zone := `
 three.test. 300 IN MX 10 a.three.test.
 three.test. 300 IN MX 20 b.three.test.
 three.test. 300 IN MX 30 c.three.test.
@@ -173,30 +178,31 @@ a.three.test. 300 IN A 127.0.0.2
 b.three.test. 300 IN A 127.0.0.3
 c.three.test. 300 IN A 127.0.0.4
 `
-	busy := peer.Behaviour{Greeting: &peer.Reply{Code: 421, Enhanced: "4.3.2"}}
-	grey := peer.Behaviour{Mail: &peer.Reply{Code: 451, Enhanced: "4.7.1", Text: "greylisted"}}
-	tests := []struct {
-		name string
-		b    peer.Behaviour
-		cfg  func(*delivery.Config)
-	}{
-		{"two_addresses", busy, func(c *delivery.Config) { c.MaxAddrsPerAttempt = 2 }},
-		{"two_sessions", grey, func(c *delivery.Config) { c.MaxSessionsPerAttempt = 2 }},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			w := newWorld(t, setup{zone: zone, cfg: tc.cfg,
-				hosts: map[string]peer.Behaviour{"127.0.0.2": tc.b, "127.0.0.3": tc.b, "127.0.0.4": {}}})
-			id := w.send("s@sender.test", []string{"x@three.test"}, body7)
-			r := w.waitAttempts(id, 0, 1)
-			if r.State != spool.Deferred {
-				t.Errorf("state %v, want deferred", r.State)
-			}
-			if n := w.hosts["127.0.0.4"].Connections(); n != 0 {
-				t.Errorf("the third host was dialled past the budget")
-			}
-		})
-	}
+		busy := peer.Behaviour{Greeting: &peer.Reply{Code: 421, Enhanced: "4.3.2"}}
+		grey := peer.Behaviour{Mail: &peer.Reply{Code: 451, Enhanced: "4.7.1", Text: "greylisted"}}
+		tests := []struct {
+			name string
+			b    peer.Behaviour
+			cfg  func(*delivery.Config)
+		}{
+			{"two_addresses", busy, func(c *delivery.Config) { c.MaxAddrsPerAttempt = 2 }},
+			{"two_sessions", grey, func(c *delivery.Config) { c.MaxSessionsPerAttempt = 2 }},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				w := newWorld(t, setup{lockStep: lockStep, zone: zone, cfg: tc.cfg,
+					hosts: map[string]peer.Behaviour{"127.0.0.2": tc.b, "127.0.0.3": tc.b, "127.0.0.4": {}}})
+				id := w.send("s@sender.test", []string{"x@three.test"}, body7)
+				r := w.waitAttempts(id, 0, 1)
+				if r.State != spool.Deferred {
+					t.Errorf("state %v, want deferred", r.State)
+				}
+				if n := w.hosts["127.0.0.4"].Connections(); n != 0 {
+					t.Errorf("the third host was dialled past the budget")
+				}
+			})
+		}
+	})
 }
 
 func TestDeliverIDNDomainAsALabel(t *testing.T) {

@@ -12,22 +12,24 @@ import (
 )
 
 func TestDeliverReusesConnections(t *testing.T) {
-	w := newWorld(t, setup{zone: oneMXZone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}},
-		cfg: func(c *delivery.Config) { c.IdleTimeout = time.Minute }})
-	for i := range 3 {
-		id := w.send("s@sender.test", []string{"x@example.test"}, body7)
-		w.waitStates(id, spool.Delivered)
-		if i == 0 && w.sched.OpenConnections() != 1 {
-			t.Errorf("%d connections open after the first message, want 1 idle", w.sched.OpenConnections())
+	eachMode(t, func(t *testing.T, lockStep bool) {
+		w := newWorld(t, setup{lockStep: lockStep, zone: oneMXZone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}},
+			cfg: func(c *delivery.Config) { c.IdleTimeout = time.Minute }})
+		for i := range 3 {
+			id := w.send("s@sender.test", []string{"x@example.test"}, body7)
+			w.waitStates(id, spool.Delivered)
+			if i == 0 && w.sched.OpenConnections() != 1 {
+				t.Errorf("%d connections open after the first message, want 1 idle", w.sched.OpenConnections())
+			}
 		}
-	}
-	h := w.hosts["127.0.0.2"]
-	if n := h.Connections(); n != 1 {
-		t.Fatalf("%d connections, want 1 reused", n)
-	}
-	if s := h.Sessions()[0]; len(s.Transactions) != 3 {
-		t.Errorf("%d transactions on the connection, want 3", len(s.Transactions))
-	}
+		h := w.hosts["127.0.0.2"]
+		if n := h.Connections(); n != 1 {
+			t.Fatalf("%d connections, want 1 reused", n)
+		}
+		if s := h.Sessions()[0]; len(s.Transactions) != 3 {
+			t.Errorf("%d transactions on the connection, want 3", len(s.Transactions))
+		}
+	})
 }
 
 func TestDeliverIdleConnectionsClose(t *testing.T) {

@@ -51,18 +51,26 @@ func (t target) serverName() string {
 
 // session is an open SMTP connection, ready for MAIL.
 type session struct {
-	t        target
+	t target
+	// c is go-smtp's client from the greeting to AUTH; w speaks after it.
 	c        *smtp.Client
+	w        *wire
+	nc       net.Conn // the connection c and w use: dc, or TLS over it
 	dc       *deadlineConn
 	tls      string // "none", "TLS1.3 verified", ...
 	verified bool
-	eightBit bool
-	utf8     bool
-	dsn      bool
+	x        extensions
 	size     int64 // SIZE limit; 0 when none
 	born     time.Time
 	msgs     int  // transactions completed
 	reused   bool // taken from the pool for this attempt
+	// dirty: a MAIL was accepted and its transaction not ended by the
+	// reply to a final dot, so the next one starts with RSET (RFC 5321
+	// §4.1.1.5: none is needed after a completed transaction).
+	dirty bool
+	// spent: the session must not be reused (a failure after every
+	// recipient was settled left it in an unknown state).
+	spent bool
 }
 
 // errTLSBroken: an opportunistic handshake failed; the host is now marked
@@ -96,6 +104,7 @@ func (e *Scheduler) open(ctx context.Context, t target) (*session, *AttemptError
 	}
 	s.dc.setPhase(phaseGreeting, e.cfg.Timeouts.Greeting)
 	s.dc.thenOnWrite(phaseEHLO, e.cfg.Timeouts.Command)
+	s.nc = nc
 	s.c = e.newClient(nc, t)
 	if err := s.c.Hello(e.cfg.Hostname); err != nil {
 		phase := s.dc.currentPhase()
@@ -106,21 +115,29 @@ func (e *Scheduler) open(ctx context.Context, t target) (*session, *AttemptError
 		e.closeSession(s)
 		return nil, aerr
 	}
-	s.eightBit, _ = s.c.Extension("8BITMIME")
-	s.utf8, _ = s.c.Extension("SMTPUTF8")
-	s.dsn, _ = s.c.Extension("DSN")
+	s.x = extensionsOf(s.c)
 	if n, ok := s.c.MaxMessageSize(); ok {
 		s.size = int64(n)
 	}
+	// go-smtp's client is done: after its EHLO (or AUTH) reply the host
+	// sends nothing unasked, so its read buffer is empty.
+	s.w = newWire(s.nc, e.transcriptFor(t))
+	s.c = nil
 	return s, nil
+}
+
+func extensionsOf(c *smtp.Client) extensions {
+	has := func(name string) bool { ok, _ := c.Extension(name); return ok }
+	return extensions{eightBit: has("8BITMIME"), size: has("SIZE"), utf8: has("SMTPUTF8"), dsn: has("DSN"),
+		pipelining: has("PIPELINING")}
 }
 
 func (e *Scheduler) newClient(nc net.Conn, t target) *smtp.Client {
 	c := smtp.NewClient(nc)
 	c.CommandTimeout = e.cfg.Timeouts.Command
 	c.SubmissionTimeout = e.cfg.Timeouts.FinalDot
-	if e.log.Enabled(context.Background(), LevelTrace) {
-		c.DebugWriter = &transcript{log: e.log, host: t.host, ip: t.ip.String(), body: -1}
+	if tr := e.transcriptFor(t); tr != nil {
+		c.DebugWriter = tr
 	}
 	return c
 }
@@ -128,30 +145,25 @@ func (e *Scheduler) newClient(nc net.Conn, t target) *smtp.Client {
 // LevelTrace is the slog level of SMTP transcripts (below Debug).
 const LevelTrace = slog.Level(-8)
 
-// transcript logs what go-smtp's client reads and writes, at LevelTrace.
-// The AUTH exchange is left out (quiet) and the message body is logged as
-// its size: from the 354 reply to the final dot.
+// transcriptFor is the transcript of a session with t, or nil when
+// LevelTrace is off.
+func (e *Scheduler) transcriptFor(t target) *transcript {
+	if !e.log.Enabled(context.Background(), LevelTrace) {
+		return nil
+	}
+	return &transcript{log: e.log, host: t.host, ip: t.ip.String()}
+}
+
+// transcript logs a session at LevelTrace: what go-smtp's client reads and
+// writes (the AUTH exchange left out, see quiet), then the wire's commands
+// and replies, with the message body as its size.
 type transcript struct {
 	log      *slog.Logger
 	host, ip string
-	body     int // octets of body seen; -1 outside DATA
 }
 
 func (t *transcript) Write(p []byte) (int, error) {
-	s := string(p)
-	switch {
-	case t.body >= 0:
-		t.body += len(p)
-		if !strings.HasSuffix(s, "\r\n.\r\n") && s != ".\r\n" {
-			return len(p), nil
-		}
-		s = fmt.Sprintf("[message body, %d octets, and the final dot]", t.body)
-		t.body = -1
-	case strings.HasPrefix(s, "354"):
-		t.body = 0
-	}
-	t.log.Log(context.Background(), LevelTrace, "smtp transcript", "mx", t.host, "ip", t.ip,
-		"line", strings.TrimRight(s, "\r\n"))
+	t.say(strings.TrimRight(string(p), "\r\n"))
 	return len(p), nil
 }
 
@@ -225,6 +237,7 @@ func (e *Scheduler) startTLS(ctx context.Context, s *session) *AttemptError {
 		return ae
 	}
 	s.tls, s.verified = e.verdict(tc.ConnectionState(), t.serverName())
+	s.nc = tc // after the stand-in greeting, read by the EHLO below
 	s.c = e.newClient(&preface{Conn: tc, pre: []byte("220 TLS started\r\n")}, t)
 	s.dc.setPhase(phaseEHLO, e.cfg.Timeouts.Command)
 	if err := s.c.Hello(e.cfg.Hostname); err != nil {
@@ -306,16 +319,12 @@ func (e *Scheduler) authenticate(s *session) *AttemptError {
 	return nil
 }
 
-// reset readies a pooled session for the next message (RSET).
-func (e *Scheduler) reset(s *session) error {
-	s.dc.setPhase(phaseMail, e.cfg.Timeouts.Command)
-	return s.c.Reset()
-}
-
 // quit ends a session politely, within a short bound.
 func (e *Scheduler) quit(s *session) {
 	s.dc.setPhase("quit", min(e.cfg.Timeouts.Command, 10*time.Second))
-	_ = s.c.Quit() // the connection closes below either way
+	if err := s.w.command("QUIT"); err == nil {
+		_, _ = s.w.reply(221) // the connection closes below whatever the host says
+	}
 	e.closeSession(s)
 }
 

@@ -94,13 +94,29 @@ type setup struct {
 	aliases *mailaddr.Aliases
 	// noStart leaves Run to the test.
 	noStart bool
+	// lockStep: no host offers PIPELINING.
+	lockStep bool
+}
+
+// eachMode runs f against hosts that offer PIPELINING (RFC 2920) and
+// hosts that do not (every command waits for its reply); f passes the
+// mode on in setup.lockStep.
+func eachMode(t *testing.T, f func(t *testing.T, lockStep bool)) {
+	t.Helper()
+	t.Run("pipelining", func(t *testing.T) { f(t, false) })
+	t.Run("lock-step", func(t *testing.T) { f(t, true) })
 }
 
 func newWorld(t testing.TB, s setup) *world {
 	t.Helper()
 	w := &world{t: t, clock: newClock(), logs: &syncBuffer{}, obs: &observer{t: t, attempts: map[string]int{}}}
 	if len(s.hosts) > 0 {
-		w.port, w.hosts = testpeer.SMTPHosts(t, s.hosts)
+		scripts := make(map[string]peer.Behaviour, len(s.hosts))
+		for ip, b := range s.hosts {
+			b.NoPipelining = s.lockStep
+			scripts[ip] = b
+		}
+		w.port, w.hosts = testpeer.SMTPHosts(t, scripts)
 	}
 	w.dns = testpeer.NewDNS(t, s.zone)
 	res, err := resolver.New(resolver.Config{Servers: []string{w.dns.Addr()}, AllowPrivate: true,

@@ -5,6 +5,7 @@ package peer
 // internal/testpeer), `mta lab` and `mta bench` use it as their MX hosts.
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -93,9 +94,10 @@ type Behaviour struct {
 	BrokenTLS bool
 	// ImplicitTLS: TLS from the first byte (submissions, port 465); needs Cert.
 	ImplicitTLS bool
-	// No8BitMIME, NoSMTPUTF8 and NoDSN leave those extensions out of the
-	// EHLO reply. No8BitMIME cannot be combined with STARTTLS.
-	No8BitMIME, NoSMTPUTF8, NoDSN bool
+	// No8BitMIME, NoSMTPUTF8, NoDSN and NoPipelining leave those
+	// extensions out of the EHLO reply. No8BitMIME and NoPipelining cannot
+	// be combined with STARTTLS.
+	No8BitMIME, NoSMTPUTF8, NoDSN, NoPipelining bool
 	// MaxSizeBytes is advertised with SIZE and enforced (0: no limit).
 	MaxSizeBytes int64
 	// Auth, when set, requires AUTH PLAIN or LOGIN with one of these
@@ -116,8 +118,8 @@ func (b Behaviour) check() error {
 	if b.ImplicitTLS && b.Cert == nil {
 		return errors.New("implicit TLS needs a certificate")
 	}
-	if b.No8BitMIME && (b.Cert != nil || b.BrokenTLS) && !b.ImplicitTLS {
-		return errors.New("no 8BITMIME cannot be combined with STARTTLS")
+	if (b.No8BitMIME || b.NoPipelining) && (b.Cert != nil || b.BrokenTLS) && !b.ImplicitTLS {
+		return errors.New("no 8BITMIME or PIPELINING cannot be combined with STARTTLS")
 	}
 	return nil
 }
@@ -233,6 +235,9 @@ func (h *Host) Close() error {
 	var err error
 	if h.srv != nil {
 		err = h.srv.Close()
+		// go-smtp closes only the listeners Serve has registered: one
+		// closed before its goroutine got that far would block it forever.
+		_ = h.ln.Close() // closed already, as a rule
 	}
 	h.mu.Lock()
 	for c := range h.open { // connections go-smtp never saw (scripted greetings)
@@ -355,7 +360,7 @@ func (l *listener) Accept() (net.Conn, error) {
 		}
 		b := l.h.behaviour()
 		rec := &Session{Remote: c.RemoteAddr().String()}
-		pc := &conn{Conn: c, h: l.h, rec: rec, b: b}
+		pc := &conn{Conn: c, h: l.h, rec: rec, b: b, cmds: commandLog{off: b.ImplicitTLS, tail: []byte("\r\n")}}
 		closed := false
 		l.h.update(func() {
 			l.h.conns++
@@ -399,6 +404,7 @@ type conn struct {
 
 	mu       sync.Mutex
 	readLast bool // the last operation was a read: the next write is a reply
+	cmds     commandLog
 }
 
 func (c *conn) Read(p []byte) (int, error) {
@@ -406,6 +412,9 @@ func (c *conn) Read(p []byte) (int, error) {
 	c.mu.Lock()
 	c.readLast = true
 	c.mu.Unlock()
+	if n > 0 {
+		c.h.update(func() { c.cmds.read(p[:n], c.rec) })
+	}
 	return n, err
 }
 
@@ -414,6 +423,12 @@ func (c *conn) Write(p []byte) (int, error) {
 	reply := c.readLast
 	c.readLast = false
 	c.mu.Unlock()
+	if strings.HasPrefix(string(p), "354 ") {
+		c.h.update(func() { c.cmds.inData = true })
+	}
+	if c.b.NoPipelining && string(p) == "250-PIPELINING\r\n" {
+		return len(p), nil
+	}
 	if c.b.Delay > 0 && (reply || strings.HasPrefix(string(p), "220 ")) {
 		select {
 		case <-time.After(c.b.Delay):
@@ -424,6 +439,50 @@ func (c *conn) Write(p []byte) (int, error) {
 		return len(p), nil // go-smtp writes each EHLO line on its own
 	}
 	return c.Conn.Write(p)
+}
+
+// commandLog records the command lines a connection reads into its
+// Session, with the read that brought each: commands pipelined in one
+// write arrive in one read. Message data (from a 354 reply to the final
+// dot) is skipped, and nothing is recorded once TLS starts.
+type commandLog struct {
+	reads  int
+	line   []byte
+	inData bool
+	tail   []byte // the last octets of data, to find the final dot across reads
+	off    bool
+}
+
+func (l *commandLog) read(p []byte, rec *Session) {
+	if l.off {
+		return
+	}
+	l.reads++
+	for len(p) > 0 {
+		if l.inData {
+			buf := append(l.tail, p...)
+			i := bytes.Index(buf, []byte("\r\n.\r\n"))
+			if i < 0 {
+				l.tail = append([]byte(nil), buf[max(0, len(buf)-4):]...)
+				return
+			}
+			p = buf[i+5:]
+			l.inData, l.tail = false, []byte("\r\n")
+			continue
+		}
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			l.line = append(l.line, p...)
+			return
+		}
+		line := strings.TrimRight(string(append(l.line, p[:i]...)), "\r")
+		l.line, p = l.line[:0], p[i+1:]
+		rec.Commands = append(rec.Commands, Command{Line: line, Read: l.reads})
+		if strings.EqualFold(line, "STARTTLS") {
+			l.off = true
+			return
+		}
+	}
 }
 
 func (c *conn) Close() error {

@@ -27,10 +27,20 @@ type Session struct {
 	AuthUser     string
 	AuthAttempts int
 	Transactions []Transaction
+	// Commands are the command lines read in plain text, in order.
+	Commands []Command
+}
+
+// Command is a command line the host read and the ordinal of the read
+// that brought it: commands the client wrote at once share it.
+type Command struct {
+	Line string
+	Read int
 }
 
 func (s *Session) copy() Session {
 	c := *s
+	c.Commands = append([]Command(nil), s.Commands...)
 	c.Transactions = append([]Transaction(nil), s.Transactions...)
 	for i := range c.Transactions {
 		c.Transactions[i].Rcpts = append([]Rcpt(nil), c.Transactions[i].Rcpts...)

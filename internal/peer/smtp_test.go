@@ -3,6 +3,10 @@ package peer_test
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"testing"
@@ -204,5 +208,58 @@ func TestHostsShareAPort(t *testing.T) {
 	}
 	if _, err := smtp.Dial(hosts["127.0.0.4"].Addr()); err == nil {
 		t.Errorf("refusing host accepted a connection")
+	}
+}
+
+// TestHostRecordsCommands pipelines MAIL, RCPT and DATA in one write from
+// a raw client: the host records them as one read, skips the message
+// data, and hides PIPELINING when told.
+func TestHostRecordsCommands(t *testing.T) {
+	for _, noPipe := range []bool{false, true} {
+		t.Run("NoPipelining="+strconv.FormatBool(noPipe), func(t *testing.T) {
+			h := testpeer.NewSMTP(t, "127.0.0.2:0", peer.Behaviour{NoPipelining: noPipe})
+			nc, err := net.Dial("tcp", h.Addr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			c := textproto.NewConn(nc)
+			say := func(cmds string, replies ...int) string {
+				t.Helper()
+				if cmds != "" {
+					if _, err := io.WriteString(nc, cmds); err != nil {
+						t.Fatal(err)
+					}
+				}
+				var last string
+				for _, want := range replies {
+					code, msg, err := c.ReadResponse(want)
+					if err != nil {
+						t.Fatalf("after %q: %d %s: %v", cmds, code, msg, err)
+					}
+					last = msg
+				}
+				return last
+			}
+			say("", 220)
+			ehlo := say("EHLO client.test\r\n", 250)
+			if strings.Contains(ehlo, "PIPELINING") == noPipe {
+				t.Errorf("EHLO reply %q with NoPipelining=%v", ehlo, noPipe)
+			}
+			say("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n", 250, 250, 354)
+			say("MAIL FROM:<not@a.command>\r\n..x\r\n.\r\n", 250)
+			say("QUIT\r\n", 221)
+			var got []string
+			for _, cmd := range h.Sessions()[0].Commands {
+				got = append(got, fmt.Sprintf("%d %s", cmd.Read, cmd.Line))
+			}
+			want := []string{"1 EHLO client.test", "2 MAIL FROM:<a@x.test>", "2 RCPT TO:<b@y.test>", "2 DATA", "4 QUIT"}
+			if strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Errorf("commands:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			if m := h.Messages(); len(m) != 1 || string(m[0].Data) != "MAIL FROM:<not@a.command>\r\n.x\r\n" {
+				t.Errorf("messages %+v", m)
+			}
+		})
 	}
 }
