@@ -74,8 +74,9 @@ func (t *txn) claim(now time.Time, limit int, lease func(Task) time.Time) ([]Tas
 
 // Unclaim gives claimed tasks back without a result; they keep the
 // NextAttempt their claim committed. It does not wait for the commit that
-// ends the leases, but Claim and NextDue called after it see them ended,
-// and OnDue is called once they are.
+// ends the leases (a scheduler giving back thousands at shutdown would
+// wait for one commit each), but Claim and NextDue called after it see
+// them ended, and OnDue is called when that commit made any due again.
 func (s *Spool) Unclaim(tasks []Task) {
 	if len(tasks) == 0 {
 		return
