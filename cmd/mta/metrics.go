@@ -37,6 +37,10 @@ type metrics struct {
 	outConns   prometheus.Gauge
 	dnsLookups *prometheus.CounterVec // by type, result, cached
 	dnsTime    prometheus.Histogram
+
+	commits   *prometheus.CounterVec // by result
+	commitOps prometheus.Histogram
+	commitDur prometheus.Histogram
 }
 
 func newMetrics() *metrics {
@@ -54,6 +58,10 @@ func newMetrics() *metrics {
 	m.outConns = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mta_delivery_connections", Help: "Outgoing SMTP connections open now (busy and idle)."})
 	m.dnsLookups = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mta_resolver_lookups_total", Help: "DNS lookups by query type, result and whether the cache answered."}, []string{"type", "result", "cached"})
 	m.dnsTime = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mta_resolver_exchange_seconds", Help: "Duration of DNS exchanges that went to a server.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)})
+	m.commits = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mta_spool_commits_total", Help: "Spool write transactions, by result (ok, error, empty)."}, []string{"result"})
+	m.commitOps = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mta_spool_commit_operations", Help: "Operations (enqueues, results, claims) carried by one group commit.", Buckets: prometheus.ExponentialBuckets(1, 2, 10)})
+	m.commitDur = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mta_spool_commit_seconds", Help: "Duration of one spool commit, fsync included.", Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14)})
+	m.reg.MustRegister(m.commits, m.commitOps, m.commitDur)
 	m.reg.MustRegister(m.received, m.receivedB, m.smtpdConns, m.smtpdRefuse, m.replies, m.authFails, m.panics,
 		m.attempts, m.latency, m.outConns, m.dnsLookups, m.dnsTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -186,5 +194,20 @@ func (o resolverObserver) Lookup(qtype, result string, cached bool, d time.Durat
 	o.m.dnsLookups.WithLabelValues(qtype, result, strconv.FormatBool(cached)).Inc()
 	if !cached {
 		o.m.dnsTime.Observe(d.Seconds())
+	}
+}
+
+type spoolObserver struct{ m *metrics }
+
+func (o spoolObserver) Committed(c spool.Commit) {
+	switch {
+	case c.Err != nil:
+		o.m.commits.WithLabelValues("error").Inc()
+	case !c.Synced:
+		o.m.commits.WithLabelValues("empty").Inc()
+	default:
+		o.m.commits.WithLabelValues("ok").Inc()
+		o.m.commitOps.Observe(float64(c.Ops))
+		o.m.commitDur.Observe(c.Duration.Seconds())
 	}
 }

@@ -406,6 +406,8 @@ func TestMetrics(t *testing.T) {
 		`mta_spool_recipients{state="deferred"} 0`,
 		`mta_spool_messages `,
 		`mta_spool_file_bytes `,
+		`mta_spool_commits_total{result="ok"}`,
+		`mta_spool_commit_seconds_count`,
 		`mta_resolver_lookups_total{cached="false",result="ok",type="MX"}`,
 		`mta_panics_total`,
 		`go_goroutines `,

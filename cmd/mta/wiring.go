@@ -38,6 +38,7 @@ func (d *daemonState) openSpool() error {
 		RetiredMaxCount: d.cfg.Spool.RetiredMaxCount,
 		Bounce:          delivery.Bouncer(d.dsnConfig()),
 		OnDue:           d.kick,
+		Observer:        spoolObserver{d.metrics},
 		Logger:          d.log.With("subsystem", "spool"),
 	})
 	if err != nil {
