@@ -44,6 +44,7 @@ func TestConfigErrors(t *testing.T) {
 		{"every problem at once", "log:\n  format: xml\n  level: loud\ntrusted_networks: [nonsense]\nbogus: 1\n", []string{
 			`line 5: unknown key "bogus"`, `line 2: log.format`, `line 3: log.level`, `line 4: trusted_networks[0]`}},
 		{"route without hosts", "routes:\n  example.org:\n    tls: verify\n", []string{"routes.example.org.hosts: needs at least one"}},
+		{"auth without tls", "relayhost:\n  hosts: [\"smtp.example.org:587\"]\n  tls: none\n  auth: {username: u, password_file: /p}\n", []string{"relayhost.auth: AUTH is only ever sent over TLS"}},
 		{"bad tls policy", "tls_policies:\n  example.org: maybe\n", []string{`line 2: tls_policies.example.org: "maybe" is not one of`}},
 		{"cert without key", "tls:\n  cert_file: /x\n", []string{"line 1: tls: cert_file and key_file go together"}},
 		{"bad alias target", "aliases:\n  root: not-an-address\n", []string{`aliases.root: target "not-an-address"`}},

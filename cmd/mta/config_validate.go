@@ -253,6 +253,9 @@ func (v *validator) route(path string, r Route) {
 	if r.Auth != nil && (r.Auth.Username == "" || r.Auth.PasswordFile == "") {
 		v.add(path+".auth", "needs username and password_file")
 	}
+	if r.Auth != nil && r.TLS == "none" {
+		v.add(path+".auth", "AUTH is only ever sent over TLS, but tls is none")
+	}
 }
 
 // splitHostPortDefault splits "host[:port]", IPv6 in brackets.
