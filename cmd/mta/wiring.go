@@ -110,6 +110,11 @@ func (d *daemonState) deliveryConfig() (delivery.Config, error) {
 	if err != nil {
 		return delivery.Config{}, err
 	}
+	for _, w := range c.Warnings() {
+		if strings.Contains(w, "insecure_skip_verify") {
+			d.log.Warn(w)
+		}
+	}
 	dc := delivery.Config{
 		Spool:               d.sp,
 		Resolver:            d.res,
