@@ -197,10 +197,27 @@ func ParseConfig(data []byte, name string) (*Config, error) {
 // parseConfigOnto overlays data on c (the defaults of whoever runs the
 // daemon: serve, or the lab) and validates the result.
 func parseConfigOnto(c *Config, data []byte, name string) (*Config, error) {
+	problems, err := decodeStrict(data, name, c)
+	if err != nil {
+		return nil, err
+	}
+	lines := keyLines(data)
+	for _, p := range c.Validate() {
+		problems = append(problems, withLine(p, lines))
+	}
+	if len(problems) > 0 {
+		return nil, &ConfigError{File: name, Problems: problems}
+	}
+	return c, nil
+}
+
+// decodeStrict decodes YAML into v with unknown keys refused, and returns
+// every such problem and bad value with its line; err is for YAML that
+// cannot be read at all.
+func decodeStrict(data []byte, name string, v any) (problems []string, err error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	var problems []string
-	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
 		var te *yaml.TypeError
 		if !errors.As(err, &te) {
 			return nil, fmt.Errorf("%s: %v", name, err)
@@ -212,14 +229,7 @@ func parseConfigOnto(c *Config, data []byte, name string) (*Config, error) {
 			problems = append(problems, e)
 		}
 	}
-	lines := keyLines(data)
-	for _, p := range c.Validate() {
-		problems = append(problems, withLine(p, lines))
-	}
-	if len(problems) > 0 {
-		return nil, &ConfigError{File: name, Problems: problems}
-	}
-	return c, nil
+	return problems, nil
 }
 
 // ConfigError lists every problem found in a config file.

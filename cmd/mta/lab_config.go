@@ -1,16 +1,11 @@
 package main
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
-
-	"go.yaml.in/yaml/v3"
 
 	"mta/internal/peer"
 )
@@ -95,20 +90,9 @@ func loadLabConfig(path string) (*labConfig, error) {
 func parseLabConfig(data []byte, name, dir string) (*labConfig, error) {
 	lc := &labConfig{DNS: labDefaultDNS, POP3Password: labDefaultPass,
 		SessionTimeout: Duration(labSessionTimeout), Daemon: labDaemonDefaults()}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	var problems []string
-	if err := dec.Decode(lc); err != nil && !errors.Is(err, io.EOF) {
-		var te *yaml.TypeError
-		if !errors.As(err, &te) {
-			return nil, fmt.Errorf("%s: %v", name, err)
-		}
-		for _, e := range te.Errors {
-			if m := unknownField.FindStringSubmatch(e); m != nil {
-				e = fmt.Sprintf("line %s: unknown key %q", m[1], m[2])
-			}
-			problems = append(problems, e)
-		}
+	problems, err := decodeStrict(data, name, lc)
+	if err != nil {
+		return nil, err
 	}
 	if lc.Daemon == nil { // "daemon:" with nothing under it
 		lc.Daemon = labDaemonDefaults()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"mta/internal/selfsigned"
@@ -70,8 +71,9 @@ func (s *certStore) load(c *Config, stateDir string, log *slog.Logger) error {
 	return nil
 }
 
-// writeFileSync writes a file atomically: temp file, fsync, rename, fsync
-// of the directory.
+// writeFileSync replaces path atomically: a temporary file in the same
+// directory with mode, the old file's owner and group kept when allowed
+// (root), fsynced, renamed over path, and the directory fsynced.
 func writeFileSync(path string, data []byte, mode os.FileMode) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
@@ -79,9 +81,14 @@ func writeFileSync(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	tmp := f.Name()
-	_, err = f.Write(data)
+	err = f.Chmod(mode)
+	if st, serr := os.Stat(path); err == nil && serr == nil {
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+			_ = f.Chown(int(sys.Uid), int(sys.Gid)) // only root may; others keep their own
+		}
+	}
 	if err == nil {
-		err = f.Chmod(mode)
+		_, err = f.Write(data)
 	}
 	if err == nil {
 		err = f.Sync()

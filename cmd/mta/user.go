@@ -9,9 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 
 	"golang.org/x/term"
@@ -273,44 +271,10 @@ func loadUsersFile(path string) (*smtpd.Users, error) {
 	return u, nil
 }
 
-// writeUsersFile replaces path atomically: a temporary file in the same
-// directory, mode 0640 (owner and group of the old file kept when
-// possible), fsynced, renamed over path, and the directory fsynced.
+// writeUsersFile replaces the users file atomically, mode 0640, keeping
+// its owner and group when possible.
 func writeUsersFile(path string, u *smtpd.Users) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			_ = tmp.Close()           // already failing; the first error is returned
-			_ = os.Remove(tmp.Name()) // best effort: a leftover temp file is harmless
-		}
-	}()
-	if err := tmp.Chmod(0o640); err != nil {
-		return err
-	}
-	if st, err := os.Stat(path); err == nil {
-		if sys, isUnix := st.Sys().(*syscall.Stat_t); isUnix {
-			_ = tmp.Chown(int(sys.Uid), int(sys.Gid)) // only root may; others keep their own
-		}
-	}
-	if _, err := tmp.Write(u.Marshal()); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	ok = true
-	return syncDir(dir)
+	return writeFileSync(path, u.Marshal(), 0o640)
 }
 
 var _ flag.Value = (*stringList)(nil)
