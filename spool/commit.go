@@ -26,7 +26,10 @@ type request struct {
 	// async marks a request nobody waits for (Unclaim): answering it
 	// lowers Spool.unclaiming.
 	async bool
-	done  chan error
+	// unlease lists the recipients an Unclaim gives back; when its commit
+	// fails they go to Spool.relet.
+	unlease []rkey
+	done    chan error
 }
 
 func newRequest(enqueue bool, apply func(t *txn) error) *request {
@@ -70,9 +73,21 @@ func (s *Spool) commitLoop() {
 	defer close(s.done)
 	// Reading a damaged page must become an error, not a crash.
 	debug.SetPanicOnFault(true)
-	batch := make([]*request, 0, maxBatch)
-	for r := range s.reqs {
-		batch = append(batch[:0], r)
+	batch := make([]*request, 0, maxBatch+1)
+	for {
+		var retry <-chan time.Time
+		if len(s.relet) > 0 {
+			retry = time.After(reletRetry)
+		}
+		batch = batch[:0]
+		select {
+		case r, ok := <-s.reqs:
+			if !ok {
+				return // leases still held are given back at the next Open
+			}
+			batch = append(batch, r)
+		case <-retry:
+		}
 	drain:
 		for len(batch) < maxBatch {
 			select {
@@ -85,8 +100,43 @@ func (s *Spool) commitLoop() {
 				break drain
 			}
 		}
+		if r := s.reletRequest(); r != nil {
+			batch = append(batch, r)
+		}
 		s.runBatch(batch)
 		clear(batch)
+	}
+}
+
+// reletRetry is how often the committer, when idle, tries again to end
+// leases a failed commit left.
+const reletRetry = time.Second
+
+// reletRequest is an unlease of every recipient in s.relet, or nil.
+func (s *Spool) reletRequest() *request {
+	if len(s.relet) == 0 {
+		return nil
+	}
+	keys := make([]rkey, 0, len(s.relet))
+	for k := range s.relet {
+		keys = append(keys, k)
+	}
+	clear(s.relet)
+	r := newRequest(false, func(t *txn) error { return t.unlease(keys) })
+	r.unlease = keys
+	return r
+}
+
+// keepUnleased remembers the recipients of a failed unlease.
+func (s *Spool) keepUnleased(r *request) {
+	if len(r.unlease) == 0 {
+		return
+	}
+	if s.relet == nil {
+		s.relet = make(map[rkey]bool)
+	}
+	for _, k := range r.unlease {
+		s.relet[k] = true
 	}
 }
 
@@ -119,6 +169,7 @@ func (s *Spool) runBatch(batch []*request) {
 		}
 		s.log.Error("spool commit", "err", err)
 		for _, r := range batch {
+			s.keepUnleased(r)
 			s.answer(r, err)
 		}
 		return

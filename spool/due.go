@@ -2,6 +2,7 @@ package spool
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -87,6 +88,7 @@ func (s *Spool) Unclaim(tasks []Task) {
 	}
 	r := newRequest(false, func(t *txn) error { return t.unlease(keys) })
 	r.async = true
+	r.unlease = keys
 	s.unclaiming.Add(1)
 	if err := s.send(r); err != nil {
 		// Closed: the next Open gives every lease back.
@@ -138,9 +140,12 @@ func (s *Spool) NextDue() (t time.Time, ok bool, err error) {
 	if s.unclaiming.Load() > 0 {
 		// An Unclaim before this call may not be committed yet: wait for
 		// the committer to pass it.
-		if err := s.submit(newRequest(false, func(*txn) error { return nil })); err != nil {
+		err := s.submit(newRequest(false, func(*txn) error { return nil }))
+		if errors.Is(err, ErrClosed) {
 			return time.Time{}, false, err
 		}
+		// Another error is the failed batch's (a full disk): its Unclaim
+		// is retried by the committer; what is committed is the answer.
 	}
 	err = s.view(setDue, func(_ *bolt.Tx, b bk) error {
 		k, _ := b.due.Cursor().First()

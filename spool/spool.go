@@ -51,6 +51,12 @@ type Spool struct {
 	// unclaiming counts Unclaim requests not yet answered by the
 	// committer; NextDue waits for them.
 	unclaiming atomic.Int64
+
+	// relet holds the recipients whose lease an Unclaim could not end
+	// (its commit failed: a full disk). Owned by the committer, which
+	// tries again with every batch, and every second while it is idle, so
+	// they cannot stay leased, and out of Claim's reach, until a restart.
+	relet map[rkey]bool
 }
 
 // rkey names one recipient of one message.
