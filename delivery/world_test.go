@@ -5,7 +5,6 @@ package delivery_test
 // and a clock the test moves forward so retries never sleep.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -54,24 +53,6 @@ func (o *observer) Delivered(time.Duration) { o.mu.Lock(); o.delivered++; o.mu.U
 func (o *observer) Connections(int)         {}
 func (o *observer) Panic()                  { o.t.Errorf("a goroutine panicked (see log)") }
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type world struct {
 	t     testing.TB
 	dns   *testpeer.DNS
@@ -80,7 +61,7 @@ type world struct {
 	sp    *spool.Spool
 	sched *delivery.Scheduler
 	clock *clock
-	logs  *syncBuffer
+	logs  *testpeer.Buffer
 	obs   *observer
 	cfg   delivery.Config
 	kick  *atomic.Pointer[delivery.Scheduler] // where the spool's OnDue goes
@@ -109,7 +90,7 @@ func eachMode(t *testing.T, f func(t *testing.T, lockStep bool)) {
 
 func newWorld(t testing.TB, s setup) *world {
 	t.Helper()
-	w := &world{t: t, clock: newClock(), logs: &syncBuffer{}, obs: &observer{t: t, attempts: map[string]int{}}}
+	w := &world{t: t, clock: newClock(), logs: &testpeer.Buffer{}, obs: &observer{t: t, attempts: map[string]int{}}}
 	if len(s.hosts) > 0 {
 		scripts := make(map[string]peer.Behaviour, len(s.hosts))
 		for ip, b := range s.hosts {

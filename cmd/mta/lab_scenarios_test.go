@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
+
+	"mta/internal/testpeer"
 )
 
 // TestLabScenarios runs the shipped lab (configs/lab.zone, configs/lab.yaml
@@ -221,7 +223,7 @@ func TestLabChildProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	var out, logs syncBuffer
+	var out, logs testpeer.Buffer
 	cmd := exec.Command(bin, "lab", "--zone", "../../configs/lab.zone", "--config", labTestConfig(t), "--dir", dir)
 	cmd.Env = append(os.Environ(), asMTAEnv+"=1")
 	cmd.Stdout, cmd.Stderr = &out, &logs

@@ -13,12 +13,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"mta/internal/testpeer"
 )
 
 // labTestConfig is the shipped lab.yaml made fit for tests: every port
@@ -50,24 +51,6 @@ func labTestConfig(t *testing.T) string {
 	return path
 }
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startTestLab runs `mta lab` in-process with the shipped zone and the
 // test config, until the test ends, and returns the lab's description and
 // its --dir.
@@ -75,7 +58,7 @@ func startTestLab(t *testing.T) (*labInfo, string) {
 	t.Helper()
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, logs syncBuffer
+	var out, logs testpeer.Buffer
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"mta", "lab", "--config", labTestConfig(t), "--dir", dir}, Stdio{In: strings.NewReader(""), Out: &out, Err: &logs})
