@@ -229,6 +229,9 @@ type sinkSession struct {
 const sinkIdle = 10 * time.Minute
 
 func (ss *sinkSession) run() error {
+	// Replies to pipelined commands wait in wr while more input is
+	// buffered; when the client's input ends mid-line they must still go out.
+	defer func() { _ = ss.wr.Flush() }() // a write to a gone client fails: nothing to do
 	if err := ss.reply("220 sink.bench.test ESMTP\r\n"); err != nil {
 		return err
 	}
