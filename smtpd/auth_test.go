@@ -7,6 +7,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"golang.org/x/crypto/bcrypt"
 )
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
@@ -268,4 +269,40 @@ func stringsRepeatLines(n, width int) string {
 		out = append(out, '\r', '\n')
 	}
 	return string(out)
+}
+
+// TestDummyHash: an unknown login is compared against a dummy hash of the
+// users' own cost, so it takes the time a known login with a wrong
+// password takes; SetUsers remakes it when the cost changes.
+func TestDummyHash(t *testing.T) {
+	ts := startServer(t)
+	cost := func() int {
+		t.Helper()
+		d := ts.srv.auth.dummy.Load()
+		if d == nil {
+			t.Fatal("no dummy hash")
+		}
+		c, err := bcrypt.Cost(*d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	if c := cost(); c != bcrypt.MinCost {
+		t.Errorf("dummy cost %d, want the users' %d", c, bcrypt.MinCost)
+	}
+	hash, err := HashPassword([]byte("pw"), bcrypt.MinCost+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := ParseUsers([]byte("other:" + hash + ":o@own.example\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.srv.SetUsers(u)
+	if c := cost(); c != bcrypt.MinCost+1 {
+		t.Errorf("after SetUsers: dummy cost %d, want %d", c, bcrypt.MinCost+1)
+	}
+	c := ts.dial(Submissions, "")
+	wantCode(t, c.Auth(sasl.NewPlainClient("", "nobody", "pw")), 535, "5.7.8")
 }
