@@ -306,3 +306,34 @@ func TestDummyHash(t *testing.T) {
 	c := ts.dial(Submissions, "")
 	wantCode(t, c.Auth(sasl.NewPlainClient("", "nobody", "pw")), 535, "5.7.8")
 }
+
+// authPanicky is an Observer whose AuthFailed panics: inside the SASL
+// exchange, which go-smtp runs outside the session hooks.
+type authPanicky struct{ *countingObserver }
+
+func (authPanicky) AuthFailed(string) { panic("observer bug") }
+
+func TestAuthPanicRecovered(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.Observer = authPanicky{c.Observer.(*countingObserver)} })
+	for _, mech := range []string{"PLAIN " + b64("\x00abc\x00wrong"), "PLAIN " + b64("root\x00abc\x00wrong")} {
+		s := ts.raw(Submissions, "")
+		s.write("EHLO client.test\r\nAUTH " + mech + "\r\nNOOP\r\n")
+		s.expect("250 ")
+		s.expect("421 4.3.0")
+		s.closed()
+	}
+	s := ts.raw(Submissions, "")
+	s.write("EHLO client.test\r\nAUTH LOGIN " + b64(testLogin) + "\r\n")
+	s.expect("250 ")
+	s.expect("334 ")
+	s.write(b64("wrong") + "\r\nNOOP\r\n")
+	s.expect("421 4.3.0")
+	s.closed()
+	if n := ts.obs.get(func() int { return ts.obs.panics }); n != 3 {
+		t.Errorf("%d panics counted, want 3", n)
+	}
+	ts.obs.do(func() { ts.obs.panics = 0 }) // expected here; the cleanup check is for the others
+	if err := ts.dial(Submissions, "").Auth(sasl.NewPlainClient("", testLogin, testPassword)); err != nil {
+		t.Errorf("a login after the panics: %v", err)
+	}
+}
