@@ -107,7 +107,10 @@ type plainServer struct {
 	done bool
 }
 
-func (p *plainServer) Next(resp []byte) ([]byte, bool, error) {
+// Next runs inside go-smtp's AUTH handling, not a session hook, so it
+// recovers its own panics.
+func (p *plainServer) Next(resp []byte) (_ []byte, _ bool, err error) {
+	defer p.s.recoverPanic(&err)
 	if p.done {
 		return nil, true, errAuthSyntax
 	}
@@ -137,7 +140,8 @@ type loginServer struct {
 	login string
 }
 
-func (l *loginServer) Next(resp []byte) ([]byte, bool, error) {
+func (l *loginServer) Next(resp []byte) (_ []byte, _ bool, err error) {
+	defer l.s.recoverPanic(&err)
 	switch l.step {
 	case 0:
 		l.step = 1

@@ -7,6 +7,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"golang.org/x/crypto/bcrypt"
 )
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
@@ -268,4 +269,71 @@ func stringsRepeatLines(n, width int) string {
 		out = append(out, '\r', '\n')
 	}
 	return string(out)
+}
+
+// TestDummyHash: an unknown login is compared against a dummy hash of the
+// users' own cost, so it takes the time a known login with a wrong
+// password takes; SetUsers remakes it when the cost changes.
+func TestDummyHash(t *testing.T) {
+	ts := startServer(t)
+	cost := func() int {
+		t.Helper()
+		d := ts.srv.auth.dummy.Load()
+		if d == nil {
+			t.Fatal("no dummy hash")
+		}
+		c, err := bcrypt.Cost(*d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	if c := cost(); c != bcrypt.MinCost {
+		t.Errorf("dummy cost %d, want the users' %d", c, bcrypt.MinCost)
+	}
+	hash, err := HashPassword([]byte("pw"), bcrypt.MinCost+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := ParseUsers([]byte("other:" + hash + ":o@own.example\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.srv.SetUsers(u)
+	if c := cost(); c != bcrypt.MinCost+1 {
+		t.Errorf("after SetUsers: dummy cost %d, want %d", c, bcrypt.MinCost+1)
+	}
+	c := ts.dial(Submissions, "")
+	wantCode(t, c.Auth(sasl.NewPlainClient("", "nobody", "pw")), 535, "5.7.8")
+}
+
+// authPanicky is an Observer whose AuthFailed panics: inside the SASL
+// exchange, which go-smtp runs outside the session hooks.
+type authPanicky struct{ *countingObserver }
+
+func (authPanicky) AuthFailed(string) { panic("observer bug") }
+
+func TestAuthPanicRecovered(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.Observer = authPanicky{c.Observer.(*countingObserver)} })
+	for _, mech := range []string{"PLAIN " + b64("\x00abc\x00wrong"), "PLAIN " + b64("root\x00abc\x00wrong")} {
+		s := ts.raw(Submissions, "")
+		s.write("EHLO client.test\r\nAUTH " + mech + "\r\nNOOP\r\n")
+		s.expect("250 ")
+		s.expect("421 4.3.0")
+		s.closed()
+	}
+	s := ts.raw(Submissions, "")
+	s.write("EHLO client.test\r\nAUTH LOGIN " + b64(testLogin) + "\r\n")
+	s.expect("250 ")
+	s.expect("334 ")
+	s.write(b64("wrong") + "\r\nNOOP\r\n")
+	s.expect("421 4.3.0")
+	s.closed()
+	if n := ts.obs.get(func() int { return ts.obs.panics }); n != 3 {
+		t.Errorf("%d panics counted, want 3", n)
+	}
+	ts.obs.do(func() { ts.obs.panics = 0 }) // expected here; the cleanup check is for the others
+	if err := ts.dial(Submissions, "").Auth(sasl.NewPlainClient("", testLogin, testPassword)); err != nil {
+		t.Errorf("a login after the panics: %v", err)
+	}
 }

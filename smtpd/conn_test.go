@@ -3,6 +3,7 @@ package smtpd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/netip"
@@ -422,5 +423,46 @@ func TestShutdownRacingServe(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("Serve did not return after Shutdown")
 		}
+	}
+}
+
+// TestTLSVersions: a TLS config that allows older versions is raised to
+// TLS 1.2, on port 465 and after STARTTLS.
+func TestTLSVersions(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.TLS.MinVersion = tls.VersionTLS10 })
+	client := func(minV, maxV uint16) *tls.Config {
+		c := ts.clientTLS()
+		c.MinVersion, c.MaxVersion = minV, maxV
+		return c
+	}
+	handshake := func(t *testing.T, kind Kind, cfg *tls.Config) (*tls.Conn, error) {
+		t.Helper()
+		conn := ts.rawConn(kind, "")
+		_ = conn.SetDeadline(time.Now().Add(20 * time.Second)) // a hung test fails instead
+		if kind == Submission {
+			s := &rawSession{t: t, conn: conn, r: bufio.NewReader(conn)}
+			s.expect("220 ")
+			s.write("EHLO client.test\r\nSTARTTLS\r\n")
+			s.expect("250 ")
+			s.expect("220 2.0.0")
+		}
+		tc := tls.Client(conn, cfg)
+		return tc, tc.Handshake()
+	}
+	for _, kind := range []Kind{Submissions, Submission} {
+		t.Run(kind.String()+" refuses TLS 1.1", func(t *testing.T) {
+			if _, err := handshake(t, kind, client(tls.VersionTLS10, tls.VersionTLS11)); err == nil {
+				t.Error("TLS 1.1 handshake succeeded")
+			}
+		})
+		t.Run(kind.String()+" takes TLS 1.2", func(t *testing.T) {
+			tc, err := handshake(t, kind, client(tls.VersionTLS12, tls.VersionTLS12))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v := tc.ConnectionState().Version; v != tls.VersionTLS12 {
+				t.Errorf("version %x", v)
+			}
+		})
 	}
 }

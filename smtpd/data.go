@@ -119,17 +119,30 @@ type spoolWriteError struct{ err error }
 func (e *spoolWriteError) Error() string { return "write body: " + e.err.Error() }
 func (e *spoolWriteError) Unwrap() error { return e.err }
 
-// dataFailure logs why DATA failed and returns the reply.
+// clientReadError marks an error reading the message from the client.
+type clientReadError struct{ err error }
+
+func (e *clientReadError) Error() string { return "read message: " + e.err.Error() }
+func (e *clientReadError) Unwrap() error { return e.err }
+
+// dataFailure logs why DATA failed and returns the reply. What is neither
+// a reply, nor a failure to write the spool, nor one to read from the
+// client (DKIM signing, the spill file) is a local error: temporary, and
+// never blamed on the client's connection.
 func (s *session) dataFailure(log *slog.Logger, err error) error {
 	var reply *smtp.SMTPError
 	var we *spoolWriteError
+	var re *clientReadError
 	switch {
 	case errors.As(err, &reply):
 	case errors.As(err, &we):
 		reply = spoolReply(we.err)
 		log.Error("writing the body", "err", we.err)
+	case errors.As(err, &re):
+		reply = readReply(re.err)
 	default:
-		reply = readReply(err)
+		reply = errLocal
+		log.Error("processing the message", "err", err)
 	}
 	log.Info("message refused", "phase", "data", "code", reply.Code, "enhanced", enhanced(reply), "reason", err.Error())
 	return reply
@@ -184,7 +197,8 @@ func copyLines(w io.Writer, lr *lineReader) error {
 // stuffing removed, ended at CRLF.CRLF) and yields canonical lines: each
 // ends in CRLF, has no other CR or LF, and at most 998 octets. A bare LF
 // ends a line when lenient (the relay and local listeners) and is refused
-// otherwise; a bare CR is always refused. Errors are sticky.
+// otherwise; a bare CR is always refused. Errors are sticky; those of the
+// client's connection come as *clientReadError.
 type lineReader struct {
 	br      *bufio.Reader
 	lenient bool
@@ -212,7 +226,7 @@ func (l *lineReader) next() ([]byte, error) {
 	case err == io.EOF && len(line) == 0:
 		return nil, l.fail(io.EOF)
 	case err != nil && err != io.EOF:
-		return nil, l.fail(err)
+		return nil, l.fail(&clientReadError{err})
 	}
 	content, crlf := line, false
 	switch {

@@ -274,6 +274,20 @@ func TestHeaderFixups(t *testing.T) {
 		t.Errorf("message changed:\n%s", body)
 	}
 
+	t.Run("relay and local listeners drop the same fields", func(t *testing.T) {
+		for _, kind := range []Kind{Relay, Local} {
+			rc := ts.dial(kind, "")
+			_, body := ts.stored(mustSend(t, rc, "", []string{"a@example.test"}, msg))
+			for _, gone := range []string{"secret", "Return-Path", "forged", "Bcc", "bcc"} {
+				if strings.Contains(body, gone) {
+					t.Errorf("%s: %q is still in the message:\n%s", kind, gone, body)
+				}
+			}
+			if !strings.Contains(body, "\r\nSubject: fix-ups\r\n") || !strings.Contains(body, "\r\nMessage-ID: <") {
+				t.Errorf("%s: message:\n%s", kind, body)
+			}
+		}
+	})
 	t.Run("existing Message-ID and Date are kept", func(t *testing.T) {
 		msg := "From: <zbird1@163.example>\r\nMessage-ID: <own@163.example>\r\nDate: Mon, 02 Jan 2006 15:04:05 +0000\r\n\r\nx\r\n"
 		_, body := ts.stored(mustSend(t, c, "zbird1@163.example", []string{"a@example.test", "b@example.test"}, msg))

@@ -7,7 +7,9 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -169,4 +171,35 @@ func TestDKIMKeyChecks(t *testing.T) {
 			}
 		})
 	}
+}
+
+// failingSigner is a DKIM key whose signing fails, as a key held in a
+// hardware module or agent can.
+type failingSigner struct{ crypto.Signer }
+
+func (failingSigner) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) {
+	return nil, errors.New("signing module unplugged")
+}
+
+// TestDKIMSigningFails: a signature that cannot be made is a temporary
+// local error with the generic text, nothing is stored, and the session
+// goes on.
+func TestDKIMSigningFails(t *testing.T) {
+	_, ed, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, func(c *Config) {
+		c.DKIM = map[string]DKIMKey{"163.example": {Selector: "s1", Signer: failingSigner{ed}}}
+	})
+	c := ts.submit(Submissions)
+	_, err = send(c, "zbird1@163.example", nil, []string{"a@example.test"}, "From: <zbird1@163.example>\r\nSubject: x\r\n\r\nx\r\n")
+	wantCode(t, err, 451, "4.3.0")
+	if strings.Contains(err.Error(), "unplugged") {
+		t.Errorf("the reply tells the client why: %v", err)
+	}
+	if n := ts.messages(); n != 0 {
+		t.Errorf("%d messages stored", n)
+	}
+	mustSend(t, c, "anyone@own.example", []string{"a@example.test"}, "From: <anyone@own.example>\r\n\r\nunsigned\r\n")
 }

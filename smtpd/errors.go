@@ -15,6 +15,7 @@ import (
 var (
 	errSpool          = reply(451, 4, 3, 0, "Temporary spool failure, try again later")
 	errNoSpace        = reply(452, 4, 3, 1, "Insufficient system storage, try again later")
+	errLocal          = reply(451, 4, 3, 0, "Local error in processing, try again later")
 	errTooBig         = reply(552, 5, 3, 4, "Message too big")
 	errHeaderTooBig   = reply(552, 5, 3, 4, "Message header too big")
 	errBadCreds       = reply(535, 5, 7, 8, "Authentication credentials invalid")

@@ -112,7 +112,8 @@ func TestSubmissionQueues(t *testing.T) {
 			if !strings.Contains(body, "with ESMTPSA id "+id) {
 				t.Errorf("Received field lacks ESMTPSA and the ID:\n%s", body)
 			}
-			if strings.Contains(body, testLogin) {
+			// The ID's alphabet has the login's letters: look past it.
+			if strings.Contains(strings.ReplaceAll(body, id, ""), testLogin) {
 				t.Errorf("the AUTH login appears in the message:\n%s", body)
 			}
 			if err := c.Quit(); err != nil {

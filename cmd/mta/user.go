@@ -271,10 +271,15 @@ func loadUsersFile(path string) (*smtpd.Users, error) {
 	return u, nil
 }
 
-// writeUsersFile replaces the users file atomically, mode 0640, keeping
-// its owner and group when possible.
+// writeUsersFile replaces the users file atomically, keeping its owner and
+// group when possible and its mode (a new file gets 0640). An operator's
+// tighter mode (0600) must not widen when a user is added.
 func writeUsersFile(path string, u *smtpd.Users) error {
-	return writeFileSync(path, u.Marshal(), 0o640)
+	mode := os.FileMode(0o640)
+	if st, err := os.Stat(path); err == nil {
+		mode = st.Mode().Perm() &^ 0o022 // loadUsersFile refused it otherwise
+	}
+	return writeFileSync(path, u.Marshal(), mode)
 }
 
 var _ flag.Value = (*stringList)(nil)

@@ -109,6 +109,24 @@ func TestUserCommand(t *testing.T) {
 			t.Errorf("after passwd: %+v", u)
 		}
 	})
+	t.Run("a tighter mode is kept", func(t *testing.T) {
+		if err := os.Chmod(file, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := runUserCmd(t, "pw3\n", "add", "--file", file, "third", "--address", "t@example.test", "--cost", "4"); err != nil {
+			t.Fatal(err)
+		}
+		st, err := os.Stat(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("mode after add %04o, want 0600", st.Mode().Perm())
+		}
+		if _, _, err := runUserCmd(t, "", "del", "--file", file, "third"); err != nil {
+			t.Fatal(err)
+		}
+	})
 	t.Run("list", func(t *testing.T) {
 		out, _, err := runUserCmd(t, "", "list", "--file", file)
 		if err != nil {
