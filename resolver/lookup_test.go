@@ -250,38 +250,6 @@ func TestRouteTimeoutNotCached(t *testing.T) {
 	}
 }
 
-// TestRouteSharedLookup checks that concurrent routes to one domain send
-// one query: the answer is held at the server until all have started.
-func TestRouteSharedLookup(t *testing.T) {
-	d := testpeer.NewDNS(t, cacheZone)
-	release := d.Hold("pos.cache.test")
-	r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}})
-	const n = 20
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for range n {
-		wg.Go(func() {
-			_, err := r.Route(t.Context(), "pos.cache.test")
-			errs <- err
-		})
-	}
-	waitFor(t, func() bool { return d.Count("pos.cache.test", "MX") > 0 })
-	release()
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Errorf("Route: %v", err)
-		}
-	}
-	if got := d.Count("pos.cache.test", "MX"); got != 1 {
-		t.Errorf("%d concurrent routes sent %d MX queries, want 1", n, got)
-	}
-	if got := d.Count("mx.cache.test", "A"); got != 1 {
-		t.Errorf("%d concurrent routes sent %d A queries, want 1", n, got)
-	}
-}
-
 // TestRouteTCPFallback checks that a truncated UDP answer is asked again
 // over TCP, both when the server forces it and when the answer is too big
 // for the 1232-byte EDNS0 buffer.
@@ -486,18 +454,6 @@ func TestObserver(t *testing.T) {
 	}
 	if fmt.Sprint(obs.n) != fmt.Sprint(want) {
 		t.Errorf("observer counts %v, want %v", obs.n, want)
-	}
-}
-
-// waitFor polls cond until it holds, failing the test after 10 s.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
