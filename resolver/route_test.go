@@ -140,9 +140,11 @@ func TestRoute(t *testing.T) {
 	plain := []string{mx1, "mx2.plain.test 20 [192.0.2.2 2001:db8::2]"}
 
 	cases := map[string]routeCase{
-		"MX_by_preference":                 {domain: "plain.test", want: plain},
-		"case_and_trailing_dot_normalised": {domain: "PLAIN.Test.", want: plain},
-		"IDNA_domain_looked_up_as_A-label": {domain: "BÜCHER.test", want: []string{mx1}},
+		"MX_by_preference": {domain: "plain.test", want: plain},
+		"case_and_trailing_dot_normalised": {domain: "PLAIN.Test.", want: plain,
+			trace: []string{"MX plain.test.", "A mx1.plain.test.", "AAAA mx1.plain.test.", "A mx2.plain.test.", "AAAA mx2.plain.test."}},
+		"IDNA_domain_looked_up_as_A-label": {domain: "BÜCHER.test", want: []string{mx1},
+			trace: []string{"MX xn--bcher-kva.test.", "A mx1.plain.test.", "AAAA mx1.plain.test."}},
 		"implicit_MX_on_NODATA": {domain: "implicit.test", implicit: true, want: []string{"implicit.test 0 [192.0.2.10 2001:db8::10]"},
 			trace: []string{"MX implicit.test.", "A implicit.test.", "AAAA implicit.test."}},
 		"NXDOMAIN_is_permanent": {domain: "nonexistent.test", err: resolver.ErrNXDomain, code: "5.1.2"},
