@@ -170,3 +170,34 @@ mx  300 IN A 192.0.2.1
 		}
 	})
 }
+
+// TestRouteHugeAddressAnswer checks that a host answering two thousand A
+// records (over TCP, after a truncated UDP reply) gives a route with the
+// first 16 addresses of each family, in the server's order.
+func TestRouteHugeAddressAnswer(t *testing.T) {
+	var zone strings.Builder
+	zone.WriteString("$ORIGIN huge.test.\n@ 300 IN MX 10 mx\nmx 300 IN AAAA 2001:db8::1\n")
+	for i := range 2000 { // about 56 KB uncompressed, within the 64 KB of a TCP message
+		fmt.Fprintf(&zone, "mx 300 IN A 198.51.%d.%d\n", i/250, i%250+1)
+	}
+	d := testpeer.NewDNS(t, zone.String())
+	rt, err := newResolver(t, resolver.Config{Servers: []string{d.Addr()}}).Route(t.Context(), "huge.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := range 16 {
+		want = append(want, fmt.Sprintf("198.51.0.%d", i+1))
+	}
+	want = append(want, "2001:db8::1")
+	var got []string
+	for _, a := range rt.Hosts[0].Addrs {
+		got = append(got, a.String())
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("addresses %v, want %v", got, want)
+	}
+	if ex := rt.Trace[2]; ex.Type != "A" || ex.Proto != "tcp" || len(ex.Answer)+ex.Omitted != 2000 {
+		t.Errorf("A exchange %+v: want 2000 records over TCP", ex)
+	}
+}
