@@ -31,10 +31,11 @@ type flightGroup struct {
 // key is under way and cached, asked while no flight can end, says the
 // answer is not in the cache. Without that check a caller that missed the
 // cache just before a flight stored its answer, and came here just after
-// the flight ended, would ask again. fn runs in its own goroutine on a context that keeps
-// ctx's values but not its cancellation (fn bounds itself with
-// Config.Timeout per exchange), so that one caller giving up does not fail
-// the others; each caller waits only as long as its own ctx allows.
+// the flight ended, would ask again. fn runs in its own goroutine on a
+// context that keeps ctx's values but not its cancellation (fn bounds
+// itself with Config.Timeout per exchange), so that one caller giving up
+// does not fail the others; each caller waits only as long as its own ctx
+// allows.
 func (g *flightGroup) do(ctx context.Context, log *slog.Logger, key cacheKey, cached func() bool,
 	fn func(context.Context) (*answer, []Exchange)) (*answer, []Exchange, error) {
 	g.mu.Lock()
