@@ -52,6 +52,15 @@ func (c *cache) get(k cacheKey, now time.Time) (*answer, time.Duration, bool) {
 	return e.ans, max(now.Sub(e.stored), 0), true
 }
 
+// has reports whether k has an answer that has not expired, without
+// touching the order of use.
+func (c *cache) has(k cacheKey, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.m[k]
+	return ok && now.Before(el.Value.(*cacheEntry).expires)
+}
+
 // put stores a for ttl, evicting the least recently used entry when full.
 func (c *cache) put(k cacheKey, a *answer, now time.Time, ttl time.Duration) {
 	if ttl <= 0 {

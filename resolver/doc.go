@@ -26,9 +26,10 @@
 //     host name is dropped as malformed. At most maxHosts hosts are resolved.
 //   - Each host's A and AAAA records are looked up (a CNAME there is
 //     followed; AAAA is not asked when A says NXDOMAIN). A host's addresses
-//     keep the server's order, IPv4 first; delivery picks the family. Addresses that are loopback, unspecified, link-local,
-//     multicast, private (RFC 1918, RFC 4193), shared (RFC 6598) or
-//     otherwise not global unicast are "prohibited" unless
+//     keep the server's order, IPv4 first, at most maxFamilyAddrs of each
+//     family; delivery picks the family. Addresses that are loopback,
+//     unspecified, link-local, multicast, private (RFC 1918, RFC 4193),
+//     shared (RFC 6598) or otherwise not global unicast are "prohibited" unless
 //     Config.AllowPrivate is set, so that a hostile "MX 10 localhost" cannot
 //     turn the MTA against internal hosts.
 //   - "Self" is a host named Config.Hostname or with an address in

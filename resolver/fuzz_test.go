@@ -159,6 +159,9 @@ func checkFuzzRoute(t *testing.T, rt *Route, self netip.Addr, allowPrivate bool)
 		if len(h.Addrs) == 0 || h.Reason != "" {
 			t.Fatalf("host %d %+v: no addresses or a reason", i, h)
 		}
+		if n := len(h.Addrs) + len(h.Skipped); n > 2*maxFamilyAddrs {
+			t.Fatalf("host %s keeps %d addresses, more than %d per family", h.Name, n, maxFamilyAddrs)
+		}
 		if i > 0 && h.Pref < rt.Hosts[i-1].Pref {
 			t.Fatalf("hosts not sorted by preference: %+v", rt.Hosts)
 		}

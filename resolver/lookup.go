@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"context"
+	"errors"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -77,29 +78,34 @@ func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16, tr *[
 // with concurrent callers, and appends what it used to tr.
 func (r *Resolver) query(ctx context.Context, name string, qtype uint16, tr *[]Exchange) *answer {
 	key := cacheKey{name: name, qtype: qtype}
-	if a, age, ok := r.cache.get(key, r.cfg.Now()); ok {
-		ex := Exchange{Name: name, Type: dns.TypeToString[qtype], Rcode: rcodeText(a.rcode), Cached: true, Err: a.err}
-		ex.Answer, ex.Omitted = aged(a.recs, uint32(age.Seconds())), a.omitted
-		*tr = append(*tr, ex)
-		r.report(ctx, ex, a, 0)
-		return a
-	}
-	err := ctx.Err() // a caller that has given up starts no exchange
-	var exs []Exchange
-	var a *answer
-	if err == nil {
-		a, exs, err = r.flights.do(ctx, r.log, key, r.fetch(key))
-	}
-	if err != nil {
-		a = &answer{rcode: rcodeError, err: "lookup abandoned: " + err.Error()}
-		if isTimeout(err) {
-			a.rcode = rcodeTimeout
+	for {
+		if a, age, ok := r.cache.get(key, r.cfg.Now()); ok {
+			ex := Exchange{Name: name, Type: dns.TypeToString[qtype], Rcode: rcodeText(a.rcode), Cached: true, Err: a.err}
+			ex.Answer, ex.Omitted = aged(a.recs, uint32(age.Seconds())), a.omitted
+			*tr = append(*tr, ex)
+			r.report(ctx, ex, a, 0)
+			return a
 		}
-		*tr = append(*tr, Exchange{Name: name, Type: dns.TypeToString[qtype], Rcode: rcodeText(a.rcode), Err: a.err})
+		err := ctx.Err() // a caller that has given up starts no exchange
+		var exs []Exchange
+		var a *answer
+		if err == nil {
+			a, exs, err = r.flights.do(ctx, r.log, key, func() bool { return r.cache.has(key, r.cfg.Now()) }, r.fetch(key))
+		}
+		if errors.Is(err, errCachedMeanwhile) {
+			continue
+		}
+		if err != nil {
+			a = &answer{rcode: rcodeError, err: "lookup abandoned: " + err.Error()}
+			if isTimeout(err) {
+				a.rcode = rcodeTimeout
+			}
+			*tr = append(*tr, Exchange{Name: name, Type: dns.TypeToString[qtype], Rcode: rcodeText(a.rcode), Err: a.err})
+			return a
+		}
+		*tr = append(*tr, exs...)
 		return a
 	}
-	*tr = append(*tr, exs...)
-	return a
 }
 
 // fetch is the flight for key: the exchanges, then the cache.

@@ -23,6 +23,7 @@ const (
 	failureTTL          = 1 * time.Minute // RFC 2308 §7.1, RFC 9520: at most 5 minutes
 	maxCNAMEHops        = 8
 	maxHosts            = 16 // MX hosts resolved per route
+	maxFamilyAddrs      = 16 // A, and AAAA, addresses kept per host
 	maxCachedRecords    = 64 // larger answers are used but not cached
 	maxTraceRecords     = 32 // answer records kept per Exchange
 	ednsBufferBytes     = 1232

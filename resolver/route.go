@@ -212,20 +212,28 @@ func (r *Resolver) resolveHost(ctx context.Context, c *candidate) {
 }
 
 // hostAddrs are the addresses of A and AAAA records, unmapped, without
-// duplicates, in the order given.
+// duplicates, in the order given, at most maxFamilyAddrs of each record
+// type: a hostile answer of thousands of records costs no more than a
+// normal one.
 func hostAddrs(as, aaaas []dns.RR) []netip.Addr {
 	var out []netip.Addr
-	for _, rr := range slices.Concat(as, aaaas) {
-		var ip netip.Addr
-		switch rr := rr.(type) {
-		case *dns.A:
-			ip, _ = netip.AddrFromSlice(rr.A)
-		case *dns.AAAA:
-			ip, _ = netip.AddrFromSlice(rr.AAAA)
-		}
-		ip = ip.Unmap()
-		if ip.IsValid() && !slices.Contains(out, ip) {
-			out = append(out, ip)
+	for _, rrs := range [][]dns.RR{as, aaaas} {
+		n := 0
+		for _, rr := range rrs {
+			var ip netip.Addr
+			switch rr := rr.(type) {
+			case *dns.A:
+				ip, _ = netip.AddrFromSlice(rr.A)
+			case *dns.AAAA:
+				ip, _ = netip.AddrFromSlice(rr.AAAA)
+			}
+			ip = ip.Unmap()
+			if ip.IsValid() && !slices.Contains(out, ip) {
+				out = append(out, ip)
+				if n++; n == maxFamilyAddrs {
+					break
+				}
+			}
 		}
 	}
 	return out

@@ -140,9 +140,11 @@ func TestRoute(t *testing.T) {
 	plain := []string{mx1, "mx2.plain.test 20 [192.0.2.2 2001:db8::2]"}
 
 	cases := map[string]routeCase{
-		"MX_by_preference":                 {domain: "plain.test", want: plain},
-		"case_and_trailing_dot_normalised": {domain: "PLAIN.Test.", want: plain},
-		"IDNA_domain_looked_up_as_A-label": {domain: "BÜCHER.test", want: []string{mx1}},
+		"MX_by_preference": {domain: "plain.test", want: plain},
+		"case_and_trailing_dot_normalised": {domain: "PLAIN.Test.", want: plain,
+			trace: []string{"MX plain.test.", "A mx1.plain.test.", "AAAA mx1.plain.test.", "A mx2.plain.test.", "AAAA mx2.plain.test."}},
+		"IDNA_domain_looked_up_as_A-label": {domain: "BÜCHER.test", want: []string{mx1},
+			trace: []string{"MX xn--bcher-kva.test.", "A mx1.plain.test.", "AAAA mx1.plain.test."}},
 		"implicit_MX_on_NODATA": {domain: "implicit.test", implicit: true, want: []string{"implicit.test 0 [192.0.2.10 2001:db8::10]"},
 			trace: []string{"MX implicit.test.", "A implicit.test.", "AAAA implicit.test."}},
 		"NXDOMAIN_is_permanent": {domain: "nonexistent.test", err: resolver.ErrNXDomain, code: "5.1.2"},
@@ -369,5 +371,64 @@ func TestRouteInvalidDomain(t *testing.T) {
 	}
 	if q := d.Queries(); len(q) != 0 {
 		t.Errorf("invalid domains made DNS queries: %v", q)
+	}
+}
+
+// TestRouteProhibited checks every kind of address an MX host must not be
+// dialled at unless Config.AllowPrivate is set: with one such address the
+// host is dropped and the route fails permanently (5.4.4), the address
+// shown with its reason; with AllowPrivate the same zone routes to it.
+func TestRouteProhibited(t *testing.T) {
+	kinds := []struct{ name, rr, addr, why string }{
+		{"unspecified_v4", "A", "0.0.0.0", "prohibited: unspecified"},
+		{"unspecified_v6", "AAAA", "::", "prohibited: unspecified"},
+		{"loopback_v4", "A", "127.0.0.2", "prohibited: loopback"},
+		{"loopback_v6", "AAAA", "::1", "prohibited: loopback"},
+		{"mapped_loopback", "AAAA", "::ffff:127.0.0.1", "prohibited: loopback"},
+		{"link-local_v4", "A", "169.254.10.1", "prohibited: link-local"},
+		{"link-local_v6", "AAAA", "fe80::1", "prohibited: link-local"},
+		{"multicast_v4", "A", "239.1.2.3", "prohibited: multicast"},
+		{"link-local_multicast", "A", "224.0.0.251", "prohibited: link-local"},
+		{"multicast_v6", "AAAA", "ff0e::1", "prohibited: multicast"},
+		{"RFC_1918_10", "A", "10.0.0.1", "prohibited: private"},
+		{"RFC_1918_172", "A", "172.16.5.4", "prohibited: private"},
+		{"RFC_1918_192", "A", "192.168.1.1", "prohibited: private"},
+		{"ULA", "AAAA", "fd12:3456::1", "prohibited: private"},
+		{"mapped_private", "AAAA", "::ffff:192.168.1.1", "prohibited: private"},
+		{"shared_RFC_6598", "A", "100.64.0.1", "prohibited: shared address space"},
+		{"this_network", "A", "0.1.2.3", "prohibited: this network"},
+		{"reserved", "A", "240.0.0.1", "prohibited: reserved"},
+		{"broadcast", "A", "255.255.255.255", "prohibited: reserved"},
+	}
+	var zone strings.Builder
+	zone.WriteString("$ORIGIN prohibited.test.\n$TTL 300\n")
+	for i, k := range kinds {
+		fmt.Fprintf(&zone, "d%d IN MX 10 mx.d%d\nmx.d%d IN %s %s\n", i, i, i, k.rr, k.addr)
+	}
+	d := testpeer.NewDNS(t, zone.String())
+	for i, k := range kinds {
+		t.Run(k.name, func(t *testing.T) {
+			domain := fmt.Sprintf("d%d.prohibited.test", i)
+			host := "mx." + domain
+			want := netip.MustParseAddr(k.addr).Unmap()
+			r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}})
+			_, err := r.Route(t.Context(), domain)
+			var re *resolver.Error
+			if !errors.As(err, &re) || !errors.Is(err, resolver.ErrNoHost) || re.Enhanced != "5.4.4" || !re.Permanent {
+				t.Fatalf("error = %v, want permanent ErrNoHost 5.4.4", err)
+			}
+			wantDropped := fmt.Sprintf("%s 10: no usable address (all prohibited) skipped %s=%s", host, want, k.why)
+			if got := hostLines(re.Dropped); !slices.Equal(got, []string{wantDropped}) {
+				t.Errorf("dropped %q, want %q", got, wantDropped)
+			}
+			lab := newResolver(t, resolver.Config{Servers: []string{d.Addr()}, AllowPrivate: true})
+			rt, err := lab.Route(t.Context(), domain)
+			if err != nil {
+				t.Fatalf("with AllowPrivate: %v", err)
+			}
+			if got, w := hostLines(rt.Hosts), fmt.Sprintf("%s 10 [%s]", host, want); !slices.Equal(got, []string{w}) {
+				t.Errorf("with AllowPrivate hosts %q, want %q", got, w)
+			}
+		})
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,6 +28,7 @@ type routeOptions struct {
 	servers      []string
 	allowPrivate bool
 	hostname     string
+	selfAddrs    []netip.Addr // from --config: the daemon's listeners and proxy_addresses
 	timeout      time.Duration
 	config       string
 }
@@ -39,7 +42,7 @@ func runRoute(ctx context.Context, args []string, stdio Stdio) error {
 	fs.BoolVar(&o.allowPrivate, "allow-private", false, "allow loopback and private addresses (lab zones)")
 	fs.StringVar(&o.hostname, "hostname", "", "our host name, so that an MX naming us counts as self")
 	fs.DurationVar(&o.timeout, "timeout", 2*time.Second, "timeout of one DNS exchange")
-	fs.StringVar(&o.config, "config", "", "take dns servers and timeout, hostname and allow_private_mx from this config file (flags win)")
+	fs.StringVar(&o.config, "config", "", "take dns servers and timeout, hostname, allow_private_mx, and the listener and proxy addresses that count as self, from this config file (flags win)")
 	pos, done, err := parseInterspersed(fs, args, stdio)
 	if done {
 		return err
@@ -59,7 +62,7 @@ func runRoute(ctx context.Context, args []string, stdio Stdio) error {
 		}
 	}
 	r, err := resolver.New(resolver.Config{Servers: o.servers, Timeout: o.timeout,
-		Hostname: o.hostname, AllowPrivate: o.allowPrivate})
+		Hostname: o.hostname, SelfAddrs: o.selfAddrs, AllowPrivate: o.allowPrivate})
 	if err != nil {
 		return exitf(exitUsage, "%v", err)
 	}
@@ -100,7 +103,45 @@ func (o *routeOptions) applyConfig(fs *flag.FlagSet) error {
 	if !given["allow-private"] {
 		o.allowPrivate = c.Delivery.AllowPrivateMX
 	}
+	o.selfAddrs = configSelfAddrs(c)
 	return nil
+}
+
+// configSelfAddrs are the addresses the daemon of c counts as its own, as
+// selfAddrs finds them once it has bound its listeners: each listener's
+// address (every interface address for a wildcard one) and
+// delivery.proxy_addresses.
+func configSelfAddrs(c *Config) []netip.Addr {
+	var out []netip.Addr
+	wildcard := false
+	for _, l := range slices.Concat(c.Listeners.Relay, c.Listeners.Submission, c.Listeners.Submissions) {
+		host, _, err := net.SplitHostPort(l)
+		if err != nil {
+			continue // refused by LoadConfig already
+		}
+		ip, err := netip.ParseAddr(host)
+		switch {
+		case host == "" || (err == nil && ip.IsUnspecified()):
+			wildcard = true
+		case err == nil:
+			out = append(out, ip.Unmap())
+		}
+	}
+	if wildcard {
+		if addrs, err := net.InterfaceAddrs(); err == nil {
+			for _, a := range addrs {
+				if p, err := netip.ParsePrefix(a.String()); err == nil {
+					out = append(out, p.Addr().Unmap())
+				}
+			}
+		}
+	}
+	for _, p := range c.Delivery.ProxyAddrs {
+		if ip, err := netip.ParseAddr(p); err == nil {
+			out = append(out, ip.Unmap())
+		}
+	}
+	return out
 }
 
 // routeExit turns a route error into the exit status a script branches on:
@@ -168,7 +209,7 @@ func printRoute(w io.Writer, rt *resolver.Route, re *resolver.Error) error {
 		writeExchange(&b, i+1, width, ex)
 	}
 	if len(trace) == 0 {
-		b.WriteString("  none (address literal)\n")
+		b.WriteString("  " + noSteps(domain, re) + "\n")
 	}
 	if rt != nil {
 		writeHosts(&b, rt)
@@ -186,6 +227,17 @@ func printRoute(w io.Writer, rt *resolver.Route, re *resolver.Error) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// noSteps says why a route was found or refused without DNS.
+func noSteps(domain string, re *resolver.Error) string {
+	switch {
+	case re != nil && errors.Is(re, resolver.ErrInvalidDomain):
+		return "none (not a domain that can be looked up)"
+	case strings.HasPrefix(domain, "["):
+		return "none (address literal)"
+	}
+	return "none"
 }
 
 func routeParts(rt *resolver.Route, re *resolver.Error) (string, []resolver.Exchange, []resolver.Host) {

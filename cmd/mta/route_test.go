@@ -26,6 +26,11 @@ servfail    IN MX 10 mx1.plain
 lab         IN MX 10 mx.lab
 lab         IN MX 20 gone.lab
 mx.lab      IN A 127.0.0.2
+selfaddr    IN MX 10 mx.lab
+selfaddr    IN MX 20 proxy.selfaddr
+selfaddr    IN MX 30 listener.selfaddr
+proxy.selfaddr    IN A 192.0.2.25
+listener.selfaddr IN A 127.0.0.9
 `
 
 // routeCmd runs `mta route args...` in-process and returns stdout, the exit
@@ -69,7 +74,8 @@ func TestRouteCommand(t *testing.T) {
 			stdout: []string{"self: our host name", "preference 20 is not better than ours (10)"}, message: "permanent: no route to plain.test: mail loops back to myself (5.4.6)"},
 		{name: "address_literal", args: []string{"[192.0.2.7]", srv}, status: exitOK,
 			stdout: []string{"none (address literal)", "(address literal)", "1. [192.0.2.7]"}},
-		{name: "dotless_refused", args: []string{"plain", srv}, status: exitNoHost, message: "permanent: no route to plain: invalid domain"},
+		{name: "dotless_refused", args: []string{"plain", srv}, status: exitNoHost,
+			stdout: []string{"DNS steps: none (not a domain that can be looked up)", "no route: invalid domain"}, message: "permanent: no route to plain: invalid domain"},
 		{name: "no_domain", args: []string{srv}, status: exitUsage},
 		{name: "two_domains", args: []string{"a.test", "b.test", srv}, status: exitUsage},
 		{name: "bad_server", args: []string{"plain.test", "--server", "dns.example"}, status: exitUsage},
@@ -98,6 +104,7 @@ func TestRouteCommand(t *testing.T) {
 
 func TestRouteCommandJSON(t *testing.T) {
 	d := testpeer.NewDNS(t, routeCmdZone)
+	d.Set("servfail.test", peer.ModeServfail)
 	for _, tc := range []struct {
 		name, domain string
 		status       int
@@ -105,7 +112,8 @@ func TestRouteCommandJSON(t *testing.T) {
 		enhanced     string
 	}{
 		{"route", "plain.test", exitOK, []string{"mx1.plain.test", "mx2.plain.test"}, ""},
-		{"error", "nullmx.test", exitNoHost, nil, "5.1.10"},
+		{"permanent_error", "nullmx.test", exitNoHost, nil, "5.1.10"},
+		{"temporary_error", "servfail.test", exitTempFail, nil, "4.4.3"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, status, stderr := routeCmd(t, tc.domain, "--json", "--server", d.Addr())
@@ -127,7 +135,7 @@ func TestRouteCommandJSON(t *testing.T) {
 					Enhanced  string
 				}
 			}
-			if !strings.Contains(out, `"data": `) || !strings.Contains(out, `"duration_ms": `) {
+			if (tc.hosts != nil && !strings.Contains(out, `"data": `)) || !strings.Contains(out, `"duration_ms": `) {
 				t.Errorf("JSON keys are not snake_case:\n%s", out)
 			}
 			if err := json.Unmarshal([]byte(out), &got); err != nil {
@@ -140,8 +148,9 @@ func TestRouteCommandJSON(t *testing.T) {
 			if got.Domain != tc.domain || !slices.Equal(names, tc.hosts) || len(got.Trace) == 0 || got.Trace[0].Type != "MX" {
 				t.Errorf("JSON %+v: want domain %s, hosts %v and an MX step", got, tc.domain, tc.hosts)
 			}
-			if (got.Error == nil) != (tc.enhanced == "") || (got.Error != nil && got.Error.Enhanced != tc.enhanced) {
-				t.Errorf("JSON error %+v, want %q", got.Error, tc.enhanced)
+			if (got.Error == nil) != (tc.enhanced == "") ||
+				(got.Error != nil && (got.Error.Enhanced != tc.enhanced || got.Error.Permanent != strings.HasPrefix(tc.enhanced, "5."))) {
+				t.Errorf("JSON error %+v, want %q (permanent for 5.x.x)", got.Error, tc.enhanced)
 			}
 		})
 	}
@@ -175,7 +184,8 @@ func TestSystemServers(t *testing.T) {
 func TestRouteCommandConfig(t *testing.T) {
 	d := testpeer.NewDNS(t, routeCmdZone)
 	path := filepath.Join(t.TempDir(), "mta.yaml")
-	writeFile(t, path, "hostname: mx2.plain.test\ndns:\n  servers: [\""+d.Addr()+"\"]\n  timeout: 1s\ndelivery:\n  allow_private_mx: true\n")
+	writeFile(t, path, "hostname: mx2.plain.test\nlisteners:\n  relay: [\"127.0.0.9:2525\"]\ndns:\n  servers: [\""+d.Addr()+"\"]\n  timeout: 1s\n"+
+		"delivery:\n  allow_private_mx: true\n  proxy_addresses: [\"192.0.2.25\"]\n")
 	cases := []struct {
 		name   string
 		args   []string
@@ -185,6 +195,8 @@ func TestRouteCommandConfig(t *testing.T) {
 		{"servers_and_allow_private", []string{"lab.test", "--config", path}, exitOK, []string{"1. mx.lab.test pref 10 127.0.0.2"}},
 		{"hostname_is_self", []string{"plain.test", "--config", path}, exitOK, []string{"1. mx1.plain.test", "dropped:", "mx2.plain.test pref 20 self: our host name"}},
 		{"flag_wins", []string{"lab.test", "--config", path, "--allow-private=false"}, exitNoHost, []string{"prohibited: loopback"}},
+		{"proxy_address_is_self", []string{"selfaddr.test", "--config", path}, exitOK, []string{"1. mx.lab.test pref 10 127.0.0.2", "dropped:", "proxy.selfaddr.test pref 20 self: one of our addresses", "skipped 192.0.2.25: self"}},
+		{"listener_address_is_self", []string{"selfaddr.test", "--config", path}, exitOK, []string{"listener.selfaddr.test pref 30 self: one of our addresses", "skipped 127.0.0.9: self"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
