@@ -31,6 +31,8 @@ type daemonOptions struct {
 	SinkPort int    // delivery.port
 	// RetryMin and RetryMax override the backoff (0: the defaults).
 	RetryMin, RetryMax time.Duration
+	// SessionTimeout is delivery.session_timeout (0: RFC 5321's).
+	SessionTimeout time.Duration
 	// MinFreeBytes is spool.min_free_bytes (0: the default, 100 MiB).
 	MinFreeBytes int64
 	// StateDir overrides Dir/state (e.g. a small file system).
@@ -110,6 +112,9 @@ func (d *childDaemon) configText() string {
 	fmt.Fprintf(&b, "delivery:\n  allow_private_mx: true\n  port: %d\n", o.SinkPort)
 	if o.RetryMin > 0 {
 		fmt.Fprintf(&b, "  retry_min: %s\n  retry_max: %s\n", o.RetryMin, max(o.RetryMax, o.RetryMin))
+	}
+	if o.SessionTimeout > 0 {
+		fmt.Fprintf(&b, "  session_timeout: %s\n", o.SessionTimeout)
 	}
 	fmt.Fprintf(&b, "dns:\n  servers: [%q]\n  timeout: 2s\n", o.DNS)
 	if o.MinFreeBytes != 0 {

@@ -136,9 +136,14 @@ func TestSinkModes(t *testing.T) {
 				t.Fatal(err)
 			}
 			opts.FirstSeq = i
+			gaveUp := s.GaveUp()
 			g := generate(t.Context(), opts, led)
 			if want := m == sinkAccept; (g.Accepted == 1) != want {
 				t.Errorf("accepted %d, first error %q", g.Accepted, g.FirstErr)
+			}
+			if m == sinkHang {
+				// The generator timed out and closed; the host counts it once it reads the EOF.
+				testpeer.WaitFor(t, "the host to see the client give up", func() bool { return s.GaveUp() == gaveUp+1 })
 			}
 		})
 	}
