@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"mta/internal/testpeer"
 )
@@ -26,6 +27,8 @@ func runMTA(ctx context.Context, args ...string) (string, string, error) {
 func TestBenchEndToEnd(t *testing.T) {
 	t.Setenv(asMTAEnv, "1") // the daemon bench starts is os.Executable(): this test binary
 	prof := t.TempDir()
+	const stale = "from an earlier run"
+	writeFile(t, filepath.Join(prof, heapProfileFile), stale)
 	out, errOut, err := runMTA(t.Context(), "bench", "-n", "300", "-c", "6", "-m", "2", "-r", "2", "--domains", "3", "--json", "--profile", prof)
 	if err != nil {
 		t.Fatalf("bench: %v\n%s\n%s", err, out, errOut)
@@ -47,9 +50,38 @@ func TestBenchEndToEnd(t *testing.T) {
 		t.Errorf("parameters: %+v", r.Params)
 	}
 	for _, f := range []string{cpuProfileFile, heapProfileFile} {
-		if fi, err := os.Stat(filepath.Join(prof, f)); err != nil || fi.Size() == 0 {
-			t.Errorf("profile %s: %v", f, err)
+		b, err := os.ReadFile(filepath.Join(prof, f))
+		if err != nil || len(b) == 0 || string(b) == stale {
+			t.Errorf("profile %s: %v, %d bytes", f, err, len(b))
 		}
+	}
+}
+
+// TestBenchPrefillAndSlowSink runs the larger-run options on a small load:
+// a queue of deferred messages first, then fresh mail measured past it to
+// sinks that delay every reply. Only the fresh mail arrives, and none
+// sooner than one sink delay after its accept.
+func TestBenchPrefillAndSlowSink(t *testing.T) {
+	t.Setenv(asMTAEnv, "1")
+	const delay = 30 * time.Millisecond
+	out, errOut, err := runMTA(t.Context(), "bench", "-n", "40", "-c", "4", "--prefill", "25", "--slow-sink", delay.String(), "--json")
+	if err != nil {
+		t.Fatalf("bench: %v\n%s\n%s", err, out, errOut)
+	}
+	var r benchReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("JSON: %v\n%s", err, out)
+	}
+	if r.Params.Prefill != 25 || r.Params.SinkDelay != delay.String() || r.PrefillSecs <= 0 {
+		t.Errorf("parameters %+v, prefill %.2f s", r.Params, r.PrefillSecs)
+	}
+	if r.Accepted != 40 || r.Expected != 40 || r.Delivered != 40 || r.Foreign != 0 {
+		t.Errorf("accepted %d, delivered %d of %d, foreign %d", r.Accepted, r.Delivered, r.Expected, r.Foreign)
+	}
+	// The sink answers DATA only after the delay, so no message can
+	// arrive sooner than that after its 250.
+	if floor := float64(delay) / float64(time.Millisecond); r.DeliveryP50 < floor {
+		t.Errorf("delivery latency p50 %.1f ms with every sink reply delayed %s", r.DeliveryP50, delay)
 	}
 }
 
