@@ -47,12 +47,12 @@ func TestDiskFull(t *testing.T) {
 		minFree int64
 	}{
 		{"ENOSPC", -1},                    // the check is off: writes fail
-		{"below min_free_bytes", 8 << 20}, // refused before the disk is full
+		{"below min_free_bytes", 4 << 20}, // refused before the disk is full
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			mnt := mountTmpfs(t, "24m")
-			const tries, probes = 200, 100
+			mnt := mountTmpfs(t, "12m")
+			const tries, probes = 100, 100
 			r := newRig(t, rigOptions{Messages: tries + probes, Domains: 2, Daemon: daemonOptions{
 				StateDir: filepath.Join(mnt, "state"), MinFreeBytes: tt.minFree, RetryMin: time.Second, RetryMax: 2 * time.Second}})
 			r.setSinks(sinkRefuse)
