@@ -43,8 +43,8 @@ func TestBenchEndToEnd(t *testing.T) {
 	if r.AcceptRate <= 0 || r.E2ERate <= 0 || r.AcceptP99Ms < r.AcceptP50Ms || r.AcceptMaxMs < r.AcceptP99Ms || r.DeliveryP99 < r.DeliveryP50 {
 		t.Errorf("rates and latencies: %+v", r)
 	}
-	if r.DaemonCPU <= 0 || r.RSSAnon <= 0 || r.HeapBytes <= 0 || r.SpoolBytes <= 0 || r.RSSAnonPeak < r.RSSAnon {
-		t.Errorf("daemon figures: cpu %v rss %d (peak %d) heap %d spool %d", r.DaemonCPU, r.RSSAnon, r.RSSAnonPeak, r.HeapBytes, r.SpoolBytes)
+	if r.DaemonCPU <= 0 || r.RSSAnon <= 0 || r.HeapBytes <= 0 || r.SpoolBytes <= 0 || r.RSSAnonPeak < r.RSSAnon || r.SpoolFS == "" {
+		t.Errorf("daemon figures: cpu %v rss %d (peak %d) heap %d spool %d on %q", r.DaemonCPU, r.RSSAnon, r.RSSAnonPeak, r.HeapBytes, r.SpoolBytes, r.SpoolFS)
 	}
 	if r.Params.Messages != 300 || r.Params.Sessions != 6 || r.Params.PerSession != 2 || r.Params.Rcpts != 2 || r.Params.SizeBytes != 2048 {
 		t.Errorf("parameters: %+v", r.Params)
@@ -151,13 +151,13 @@ func TestBenchUsage(t *testing.T) {
 func TestBenchReportTable(t *testing.T) {
 	r := benchReport{Params: benchParams{Mode: "end-to-end", Messages: 10, SizeBytes: 2048, Sessions: 2, PerSession: 1, Rcpts: 1, Domains: 1, SinkDelay: "50ms", Prefill: 5},
 		Tried: 10, Accepted: 9, Refused: map[string]int{"452 4.3.1": 1}, AcceptRate: 900, AcceptSecs: 0.01, Expected: 9, Delivered: 9,
-		E2ERate: 450, E2ESecs: 0.02, DaemonCPU: 0.01, HeapBytes: 3 << 20, RSSAnon: 10 << 20, SpoolBytes: 16 << 20, PrefillSecs: 1}
+		E2ERate: 450, E2ESecs: 0.02, DaemonCPU: 0.01, HeapBytes: 3 << 20, RSSAnon: 10 << 20, SpoolBytes: 16 << 20, SpoolFS: "tmpfs", PrefillSecs: 1}
 	var b bytes.Buffer
 	if err := r.writeTable(&b); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"end-to-end: 10 messages of 2 KiB", "sink delay 50ms prefilled queue 5", "9 of 10 tried", "refused: 452 4.3.1×1",
-		"900 msgs/s", "450 msgs/s", "9 of 9 recipients", "3.0 MiB in use", "10.0 MiB at end", "16.0 MiB", "5 deferred messages"} {
+		"900 msgs/s", "450 msgs/s", "9 of 9 recipients", "3.0 MiB in use", "10.0 MiB at end", "16.0 MiB", "on tmpfs: fsync costs nothing", "5 deferred messages"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}

@@ -387,3 +387,27 @@ func dirBytes(dir string) int64 {
 	})
 	return n
 }
+
+// fsName names the file system that holds dir, from statfs's magic
+// number, or "" when it cannot be read.
+func fsName(dir string) string {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return ""
+	}
+	switch uint32(st.Type) {
+	case 0xEF53:
+		return "ext2/3/4"
+	case 0x58465342:
+		return "xfs"
+	case 0x9123683E:
+		return "btrfs"
+	case 0x2FC12FC1:
+		return "zfs"
+	case 0x794C7630:
+		return "overlayfs"
+	case 0x01021994:
+		return "tmpfs"
+	}
+	return fmt.Sprintf("file system 0x%x", st.Type)
+}

@@ -103,6 +103,7 @@ func measure(ctx context.Context, o benchOptions, w *world, d *childDaemon, led 
 	heap, _ := scrapeMetric(ctx, d.Metrics, "go_memstats_heap_inuse_bytes")
 	r.HeapBytes = int64(heap)
 	r.SpoolBytes = dirBytes(spoolDir)
+	r.SpoolFS = fsName(spoolDir)
 	r.RSSAnonPeak = max(peaks.rss, r.RSSAnon)
 	r.HeapPeak = max(peaks.heap, r.HeapBytes)
 	r.SpoolPeak = max(peaks.spool, r.SpoolBytes)

@@ -33,6 +33,20 @@ func mountTmpfs(t *testing.T, size string) string {
 	return dir
 }
 
+// TestFSName: the bench names the spool's file system, and knows a tmpfs
+// (where its fsync figures would mean nothing).
+func TestFSName(t *testing.T) {
+	if got := fsName(t.TempDir()); got == "" {
+		t.Errorf("no file system name for the test's directory")
+	}
+	if got := fsName(filepath.Join(t.TempDir(), "absent")); got != "" {
+		t.Errorf("fsName of a missing directory = %q", got)
+	}
+	if got := fsName(mountTmpfs(t, "1m")); got != "tmpfs" {
+		t.Errorf("fsName of a tmpfs = %q", got)
+	}
+}
+
 // TestDiskFull: the spool lives on a small file system and no mail can
 // leave (every MX refuses), so it fills up. Clients then get 452 4.3.1 —
 // whether the disk is really full (ENOSPC) or below min_free_bytes — and
