@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"mta/internal/testpeer"
 )
@@ -26,6 +27,8 @@ func runMTA(ctx context.Context, args ...string) (string, string, error) {
 func TestBenchEndToEnd(t *testing.T) {
 	t.Setenv(asMTAEnv, "1") // the daemon bench starts is os.Executable(): this test binary
 	prof := t.TempDir()
+	const stale = "from an earlier run"
+	writeFile(t, filepath.Join(prof, heapProfileFile), stale)
 	out, errOut, err := runMTA(t.Context(), "bench", "-n", "300", "-c", "6", "-m", "2", "-r", "2", "--domains", "3", "--json", "--profile", prof)
 	if err != nil {
 		t.Fatalf("bench: %v\n%s\n%s", err, out, errOut)
@@ -40,16 +43,45 @@ func TestBenchEndToEnd(t *testing.T) {
 	if r.AcceptRate <= 0 || r.E2ERate <= 0 || r.AcceptP99Ms < r.AcceptP50Ms || r.AcceptMaxMs < r.AcceptP99Ms || r.DeliveryP99 < r.DeliveryP50 {
 		t.Errorf("rates and latencies: %+v", r)
 	}
-	if r.DaemonCPU <= 0 || r.RSSAnon <= 0 || r.HeapBytes <= 0 || r.SpoolBytes <= 0 || r.RSSAnonPeak < r.RSSAnon {
-		t.Errorf("daemon figures: cpu %v rss %d (peak %d) heap %d spool %d", r.DaemonCPU, r.RSSAnon, r.RSSAnonPeak, r.HeapBytes, r.SpoolBytes)
+	if r.DaemonCPU <= 0 || r.RSSAnon <= 0 || r.HeapBytes <= 0 || r.SpoolBytes <= 0 || r.RSSAnonPeak < r.RSSAnon || r.SpoolFS == "" {
+		t.Errorf("daemon figures: cpu %v rss %d (peak %d) heap %d spool %d on %q", r.DaemonCPU, r.RSSAnon, r.RSSAnonPeak, r.HeapBytes, r.SpoolBytes, r.SpoolFS)
 	}
 	if r.Params.Messages != 300 || r.Params.Sessions != 6 || r.Params.PerSession != 2 || r.Params.Rcpts != 2 || r.Params.SizeBytes != 2048 {
 		t.Errorf("parameters: %+v", r.Params)
 	}
 	for _, f := range []string{cpuProfileFile, heapProfileFile} {
-		if fi, err := os.Stat(filepath.Join(prof, f)); err != nil || fi.Size() == 0 {
-			t.Errorf("profile %s: %v", f, err)
+		b, err := os.ReadFile(filepath.Join(prof, f))
+		if err != nil || len(b) == 0 || string(b) == stale {
+			t.Errorf("profile %s: %v, %d bytes", f, err, len(b))
 		}
+	}
+}
+
+// TestBenchPrefillAndSlowSink runs the larger-run options on a small load:
+// a queue of deferred messages first, then fresh mail measured past it to
+// sinks that delay every reply. Only the fresh mail arrives, and none
+// sooner than one sink delay after its accept.
+func TestBenchPrefillAndSlowSink(t *testing.T) {
+	t.Setenv(asMTAEnv, "1")
+	const delay = 30 * time.Millisecond
+	out, errOut, err := runMTA(t.Context(), "bench", "-n", "40", "-c", "4", "--prefill", "25", "--slow-sink", delay.String(), "--json")
+	if err != nil {
+		t.Fatalf("bench: %v\n%s\n%s", err, out, errOut)
+	}
+	var r benchReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("JSON: %v\n%s", err, out)
+	}
+	if r.Params.Prefill != 25 || r.Params.SinkDelay != delay.String() || r.PrefillSecs <= 0 {
+		t.Errorf("parameters %+v, prefill %.2f s", r.Params, r.PrefillSecs)
+	}
+	if r.Accepted != 40 || r.Expected != 40 || r.Delivered != 40 || r.Foreign != 0 {
+		t.Errorf("accepted %d, delivered %d of %d, foreign %d", r.Accepted, r.Delivered, r.Expected, r.Foreign)
+	}
+	// The sink answers DATA only after the delay, so no message can
+	// arrive sooner than that after its 250.
+	if floor := float64(delay) / float64(time.Millisecond); r.DeliveryP50 < floor {
+		t.Errorf("delivery latency p50 %.1f ms with every sink reply delayed %s", r.DeliveryP50, delay)
 	}
 }
 
@@ -119,13 +151,13 @@ func TestBenchUsage(t *testing.T) {
 func TestBenchReportTable(t *testing.T) {
 	r := benchReport{Params: benchParams{Mode: "end-to-end", Messages: 10, SizeBytes: 2048, Sessions: 2, PerSession: 1, Rcpts: 1, Domains: 1, SinkDelay: "50ms", Prefill: 5},
 		Tried: 10, Accepted: 9, Refused: map[string]int{"452 4.3.1": 1}, AcceptRate: 900, AcceptSecs: 0.01, Expected: 9, Delivered: 9,
-		E2ERate: 450, E2ESecs: 0.02, DaemonCPU: 0.01, HeapBytes: 3 << 20, RSSAnon: 10 << 20, SpoolBytes: 16 << 20, PrefillSecs: 1}
+		E2ERate: 450, E2ESecs: 0.02, DaemonCPU: 0.01, HeapBytes: 3 << 20, RSSAnon: 10 << 20, SpoolBytes: 16 << 20, SpoolFS: "tmpfs", PrefillSecs: 1}
 	var b bytes.Buffer
 	if err := r.writeTable(&b); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"end-to-end: 10 messages of 2 KiB", "sink delay 50ms prefilled queue 5", "9 of 10 tried", "refused: 452 4.3.1×1",
-		"900 msgs/s", "450 msgs/s", "9 of 9 recipients", "3.0 MiB in use", "10.0 MiB at end", "16.0 MiB", "5 deferred messages"} {
+		"900 msgs/s", "450 msgs/s", "9 of 9 recipients", "3.0 MiB in use", "10.0 MiB at end", "16.0 MiB", "on tmpfs: fsync costs nothing", "5 deferred messages"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
 		}

@@ -31,6 +31,8 @@ type daemonOptions struct {
 	SinkPort int    // delivery.port
 	// RetryMin and RetryMax override the backoff (0: the defaults).
 	RetryMin, RetryMax time.Duration
+	// SessionTimeout is delivery.session_timeout (0: RFC 5321's).
+	SessionTimeout time.Duration
 	// MinFreeBytes is spool.min_free_bytes (0: the default, 100 MiB).
 	MinFreeBytes int64
 	// StateDir overrides Dir/state (e.g. a small file system).
@@ -110,6 +112,9 @@ func (d *childDaemon) configText() string {
 	fmt.Fprintf(&b, "delivery:\n  allow_private_mx: true\n  port: %d\n", o.SinkPort)
 	if o.RetryMin > 0 {
 		fmt.Fprintf(&b, "  retry_min: %s\n  retry_max: %s\n", o.RetryMin, max(o.RetryMax, o.RetryMin))
+	}
+	if o.SessionTimeout > 0 {
+		fmt.Fprintf(&b, "  session_timeout: %s\n", o.SessionTimeout)
 	}
 	fmt.Fprintf(&b, "dns:\n  servers: [%q]\n  timeout: 2s\n", o.DNS)
 	if o.MinFreeBytes != 0 {
@@ -381,4 +386,28 @@ func dirBytes(dir string) int64 {
 		return nil // a file removed meanwhile is simply not counted
 	})
 	return n
+}
+
+// fsName names the file system that holds dir, from statfs's magic
+// number, or "" when it cannot be read.
+func fsName(dir string) string {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return ""
+	}
+	switch uint32(st.Type) {
+	case 0xEF53:
+		return "ext2/3/4"
+	case 0x58465342:
+		return "xfs"
+	case 0x9123683E:
+		return "btrfs"
+	case 0x2FC12FC1:
+		return "zfs"
+	case 0x794C7630:
+		return "overlayfs"
+	case 0x01021994:
+		return "tmpfs"
+	}
+	return fmt.Sprintf("file system 0x%x", st.Type)
 }

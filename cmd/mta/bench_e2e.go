@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -42,6 +43,12 @@ func benchEndToEnd(ctx context.Context, o benchOptions, stdio Stdio) (*benchRepo
 		}
 		if err := os.MkdirAll(dopts.ProfileDir, 0o755); err != nil {
 			return nil, err
+		}
+		// A profile left by an earlier run would pass for this one's.
+		for _, f := range []string{cpuProfileFile, heapProfileFile} {
+			if err := os.Remove(filepath.Join(dopts.ProfileDir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, err
+			}
 		}
 	}
 	d, err := newDaemon(dopts)
@@ -96,6 +103,7 @@ func measure(ctx context.Context, o benchOptions, w *world, d *childDaemon, led 
 	heap, _ := scrapeMetric(ctx, d.Metrics, "go_memstats_heap_inuse_bytes")
 	r.HeapBytes = int64(heap)
 	r.SpoolBytes = dirBytes(spoolDir)
+	r.SpoolFS = fsName(spoolDir)
 	r.RSSAnonPeak = max(peaks.rss, r.RSSAnon)
 	r.HeapPeak = max(peaks.heap, r.HeapBytes)
 	r.SpoolPeak = max(peaks.spool, r.SpoolBytes)

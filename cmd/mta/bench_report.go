@@ -62,6 +62,7 @@ type benchReport struct {
 	RSSAnonPeak  int64          `json:"daemon_rss_anon_peak_bytes,omitempty"`
 	SpoolBytes   int64          `json:"spool_bytes,omitempty"`
 	SpoolPeak    int64          `json:"spool_peak_bytes,omitempty"`
+	SpoolFS      string         `json:"spool_file_system,omitempty"`
 	BenchCPU     float64        `json:"bench_process_cpu_seconds,omitempty"`
 	PrefillSecs  float64        `json:"prefill_seconds,omitempty"`
 	ProfileFiles []string       `json:"profiles,omitempty"`
@@ -145,7 +146,7 @@ func (r *benchReport) writeTable(w io.Writer) error {
 		row("daemon CPU", "%.2f s (%.2f cores while measured)", r.DaemonCPU, r.DaemonCPU/max(r.E2ESecs, r.AcceptSecs))
 		row("daemon Go heap", "%s in use at end, peak %s", mib(r.HeapBytes), mib(r.HeapPeak))
 		row("daemon RSS anon", "%s at end, peak %s (mapped spool not counted)", mib(r.RSSAnon), mib(r.RSSAnonPeak))
-		row("spool size", "%s at end, peak %s", mib(r.SpoolBytes), mib(r.SpoolPeak))
+		row("spool size", "%s at end, peak %s%s", mib(r.SpoolBytes), mib(r.SpoolPeak), fsText(r.SpoolFS))
 		row("bench CPU", "%.2f s (generator, sinks, DNS: same machine)", r.BenchCPU)
 	}
 	if r.PrefillSecs > 0 {
@@ -155,6 +156,18 @@ func (r *benchReport) writeTable(w io.Writer) error {
 		row("profile", "%s", f)
 	}
 	return tw.Flush()
+}
+
+// fsText says where the spool was; on tmpfs an fsync costs nothing, so
+// the figures do not show the daemon's cost on a disk.
+func fsText(fs string) string {
+	switch fs {
+	case "":
+		return ""
+	case "tmpfs":
+		return ", on tmpfs: fsync costs nothing there (set TMPDIR to a directory on disk)"
+	}
+	return ", on " + fs
 }
 
 func opt(label, v string) string {

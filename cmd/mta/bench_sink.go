@@ -58,6 +58,7 @@ type sinks struct {
 	hosts    map[string]*sinkHost
 	messages atomic.Int64
 	conns    atomic.Int64
+	gaveUp   atomic.Int64
 	wg       sync.WaitGroup
 }
 
@@ -114,6 +115,10 @@ func (s *sinks) Messages() int64 { return s.messages.Load() }
 
 // Connections is how many connections the hosts have accepted.
 func (s *sinks) Connections() int64 { return s.conns.Load() }
+
+// GaveUp is how many connections to a hanging host the client closed
+// itself (rather than SetMode or Close ending them).
+func (s *sinks) GaveUp() int64 { return s.gaveUp.Load() }
 
 // SetMode switches the host on ip; open connections are closed, as when
 // a real host goes away or restarts.
@@ -210,7 +215,11 @@ func (h *sinkHost) serve(c net.Conn, mode sinkMode) {
 		_, _ = io.WriteString(c, "421 4.3.2 sink going away\r\n") // closing anyway
 		return
 	case sinkHang:
-		_, _ = io.Copy(io.Discard, c) // until the client or SetMode closes it
+		// Until the client gives up (EOF) or SetMode closes the connection
+		// (an error).
+		if _, err := io.Copy(io.Discard, c); err == nil {
+			h.s.gaveUp.Add(1)
+		}
 		return
 	}
 	ss := &sinkSession{h: h, c: c, rd: bufio.NewReaderSize(c, 8192), wr: bufio.NewWriterSize(c, 4096)}

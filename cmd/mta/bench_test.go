@@ -136,9 +136,14 @@ func TestSinkModes(t *testing.T) {
 				t.Fatal(err)
 			}
 			opts.FirstSeq = i
+			gaveUp := s.GaveUp()
 			g := generate(t.Context(), opts, led)
 			if want := m == sinkAccept; (g.Accepted == 1) != want {
 				t.Errorf("accepted %d, first error %q", g.Accepted, g.FirstErr)
+			}
+			if m == sinkHang {
+				// The generator timed out and closed; the host counts it once it reads the EOF.
+				testpeer.WaitFor(t, "the host to see the client give up", func() bool { return s.GaveUp() == gaveUp+1 })
 			}
 		})
 	}
@@ -154,9 +159,7 @@ func TestSinkModes(t *testing.T) {
 func startPostfixSink(t *testing.T, addr string) {
 	t.Helper()
 	const bin = "/usr/sbin/smtp-sink"
-	if _, err := exec.LookPath(bin); err != nil {
-		t.Skipf("%s not installed (.ci/install-peers installs postfix): %v", bin, err)
-	}
+	needTool(t, bin)
 	args := []string{"-c", addr, "100"}
 	if os.Geteuid() == 0 {
 		args = append([]string{"-u", "root"}, args...) // it refuses to run as root otherwise
@@ -197,24 +200,25 @@ func TestGeneratorIntoPostfixSink(t *testing.T) {
 }
 
 // TestPostfixSourceIntoSink: Postfix's smtp-source as the client of the
-// sink, with pipelining-free sessions and several messages per session.
+// sink, three sessions of ten messages each on one connection (-d).
 func TestPostfixSourceIntoSink(t *testing.T) {
 	const bin = "/usr/sbin/smtp-source"
-	if _, err := exec.LookPath(bin); err != nil {
-		t.Skipf("%s not installed (.ci/install-peers installs postfix): %v", bin, err)
-	}
+	needTool(t, bin)
 	s, err := startSinks(sinkOptions{IPs: []string{"127.0.0.2"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
-	out, err := exec.CommandContext(t.Context(), bin, "-s", "3", "-m", "30", "-r", "2", "-l", "3000",
+	out, err := exec.CommandContext(t.Context(), bin, "-d", "-s", "3", "-m", "30", "-r", "2", "-l", "3000",
 		"-f", "s@gen.test", "-t", "r0@a.test", sinkAddr(s, "127.0.0.2")).CombinedOutput()
 	if err != nil {
 		t.Fatalf("smtp-source: %v: %s", err, out)
 	}
 	if got := s.Messages(); got != 30 {
 		t.Errorf("sink took %d of 30 messages", got)
+	}
+	if got := s.Connections(); got > 3 {
+		t.Errorf("%d connections for 3 sessions with -d", got)
 	}
 }
 

@@ -111,6 +111,10 @@ type DeliveryConfig struct {
 	Port               int      `yaml:"port"`
 	ProxyAddrs         []string `yaml:"proxy_addresses"`
 	MaxRcptsPerMessage int      `yaml:"max_recipients_per_transaction"`
+	// SessionTimeout, when set, is how long every phase of an outgoing
+	// session waits (connect, greeting, each reply, each write); 0 keeps
+	// RFC 5321 §4.5.3.2's times.
+	SessionTimeout Duration `yaml:"session_timeout"`
 }
 
 // DNSConfig names the resolvers; empty means /etc/resolv.conf.

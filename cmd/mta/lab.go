@@ -179,7 +179,7 @@ func (l *lab) startDaemon(ctx context.Context, o labOptions, smtpPort int) error
 	}
 	t := time.Duration(o.Config.SessionTimeout)
 	d := &daemonState{cfg: &cfg, configLabel: "(lab)", log: log,
-		timeouts: labTimeouts(t)}
+		timeouts: everyPhase(t)}
 	if err := d.start(ctx); err != nil {
 		d.stop()
 		return fmt.Errorf("mta: %w", err)

@@ -10,9 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"syscall"
-	"time"
 
-	"mta/delivery"
 	"mta/internal/peer"
 )
 
@@ -154,12 +152,6 @@ func freeTCPPort(ip string) (int, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-// labTimeouts are the MTA's session timeouts in the lab: t for every
-// reply, so a hanging host is left after t rather than minutes.
-func labTimeouts(t time.Duration) delivery.Timeouts {
-	return delivery.Timeouts{Connect: t, Greeting: t, Command: t, StartTLS: t, DataInit: t, DataBlock: t, FinalDot: t}
 }
 
 // labDirs are where the lab's MTA keeps its state and its sockets.

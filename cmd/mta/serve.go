@@ -37,7 +37,8 @@ func runServe(ctx context.Context, args []string, stdio Stdio) error {
 	if err != nil {
 		return exitf(exitConfig, "%v", err)
 	}
-	d := &daemonState{cfg: cfg, configPath: *config, zero: *config == "", log: log}
+	d := &daemonState{cfg: cfg, configPath: *config, zero: *config == "", log: log,
+		timeouts: everyPhase(time.Duration(cfg.Delivery.SessionTimeout))}
 	if err := d.start(ctx); err != nil {
 		d.stop()
 		_, _ = daemon.SdNotify(false, "STATUS=start failed: "+err.Error()) // no systemd: nothing to tell

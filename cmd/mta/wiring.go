@@ -299,3 +299,10 @@ func loadDKIM(keys []DKIMKey) (map[string]smtpd.DKIMKey, error) {
 	}
 	return out, nil
 }
+
+// everyPhase is t for every phase of an outgoing session, so a hanging
+// host is left after t rather than minutes (the lab, delivery.session_timeout);
+// t of 0 keeps every phase at RFC 5321's time.
+func everyPhase(t time.Duration) delivery.Timeouts {
+	return delivery.Timeouts{Connect: t, Greeting: t, Command: t, StartTLS: t, DataInit: t, DataBlock: t, FinalDot: t}
+}
