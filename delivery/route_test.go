@@ -38,7 +38,7 @@ func TestDeliverPriority(t *testing.T) {
 		}
 	}
 	for _, kv := range []string{"rcpt=b@example.test", "domain=example.test", "mx=mx1.example.test", "ip=127.0.0.2",
-		"attempt=1", "phase=data", "code=250", "enhanced=2.0.0", "duration=", "tls=none", "status=delivered"} {
+		"attempt=1", "phase=data", "code=250", "enhanced=2.0.0", "duration=", "delay=0s", "tls=none", "status=delivered", `reply="OK: queued"`} {
 		if !strings.Contains(line, " "+kv) {
 			t.Errorf("attempt log line lacks %s: %q", kv, line)
 		}
