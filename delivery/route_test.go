@@ -373,3 +373,36 @@ mx2.raw.test. 300 IN A 127.0.0.8
 		})
 	}
 }
+
+// TestDeliverIPFamily: ip_family chooses the addresses dialled. The host
+// has an IPv6 address where nothing listens.
+func TestDeliverIPFamily(t *testing.T) {
+	zone := `
+example.test. 300 IN MX 10 mx1.example.test.
+mx1.example.test. 300 IN AAAA ::1
+mx1.example.test. 300 IN A 127.0.0.2
+`
+	tests := []struct {
+		fam   delivery.IPFamily
+		state spool.State
+		ips   string // the addresses of the route's steps
+	}{
+		{delivery.FamilyIPv4, spool.Delivered, "127.0.0.2"},
+		{delivery.FamilyPreferIPv4, spool.Delivered, "127.0.0.2"},
+		{delivery.FamilyIPv6, spool.Deferred, "::1"},
+	}
+	for _, tc := range tests {
+		t.Run(string(tc.fam), func(t *testing.T) {
+			w := newWorld(t, setup{zone: zone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}},
+				cfg: func(c *delivery.Config) { c.IPFamily = tc.fam }})
+			r := w.waitAttempts(w.send("s@sender.test", []string{"x@example.test"}, body7), 0, 1)
+			var ips []string
+			for _, s := range lastAttempt(r).Route {
+				ips = append(ips, s.IP)
+			}
+			if r.State != tc.state || strings.Join(ips, " ") != tc.ips {
+				t.Errorf("%v along %v, want %v along %s", r.State, ips, tc.state, tc.ips)
+			}
+		})
+	}
+}
