@@ -111,6 +111,10 @@ type DeliveryConfig struct {
 	Port               int      `yaml:"port"`
 	ProxyAddrs         []string `yaml:"proxy_addresses"`
 	MaxRcptsPerMessage int      `yaml:"max_recipients_per_transaction"`
+	// MaxAddrsPerAttempt and MaxSessionsPerAttempt bound one attempt at a
+	// destination: addresses dialled, and sessions that got past EHLO.
+	MaxAddrsPerAttempt    int `yaml:"max_addresses_per_attempt"`
+	MaxSessionsPerAttempt int `yaml:"max_sessions_per_attempt"`
 }
 
 // DNSConfig names the resolvers; empty means /etc/resolv.conf.
