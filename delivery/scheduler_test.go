@@ -384,3 +384,22 @@ func TestDeliverReuseBounds(t *testing.T) {
 		})
 	}
 }
+
+// TestDeliverShutdownQuitsIdleConnections: at shutdown an idle connection
+// says QUIT before it closes.
+func TestDeliverShutdownQuitsIdleConnections(t *testing.T) {
+	w := newWorld(t, setup{zone: oneMXZone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}},
+		cfg: func(c *delivery.Config) { c.IdleTimeout = time.Minute }})
+	w.waitStates(w.send("s@sender.test", []string{"x@example.test"}, body7), spool.Delivered)
+	if err := w.sched.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if n := w.sched.OpenConnections(); n != 0 {
+		t.Errorf("%d connections open after shutdown", n)
+	}
+	h := w.hosts["127.0.0.2"]
+	testpeer.WaitHost(t, h, "QUIT", func(h *peer.Host) bool {
+		c := h.Sessions()[0].Commands
+		return len(c) > 0 && c[len(c)-1].Line == "QUIT"
+	})
+}
