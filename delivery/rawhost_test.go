@@ -22,6 +22,9 @@ type rawScript struct {
 	closeFirst bool
 	// ehlo, when set, is the reply to EHLO (HELO is still answered 250).
 	ehlo string
+	// refuseData, when set, is the reply to the first connection's first
+	// DATA command, instead of 354.
+	refuseData string
 }
 
 type rawHost struct {
@@ -104,6 +107,7 @@ func (h *rawHost) serve(n int, c net.Conn) {
 	if !say("220 raw.test ESMTP") {
 		return
 	}
+	datas := 0
 	for {
 		l, ok := read("")
 		if !ok {
@@ -129,6 +133,10 @@ func (h *rawHost) serve(n int, c net.Conn) {
 				}
 			}
 		case "DATA":
+			if datas++; datas == 1 && n == 0 && h.script.refuseData != "" {
+				reply = h.script.refuseData
+				break
+			}
 			if !say("354 go ahead") {
 				return
 			}

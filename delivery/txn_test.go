@@ -261,3 +261,42 @@ func TestDeliverRcpt552ReadAs452(t *testing.T) {
 		}
 	})
 }
+
+// TestDeliverDATACommandRefused: a refusal of the DATA command itself
+// (not of the final dot) defers or fails the accepted recipients; the
+// transaction stays open, so the next message on the connection starts
+// with RSET.
+func TestDeliverDATACommandRefused(t *testing.T) {
+	eachMode(t, func(t *testing.T, lockStep bool) {
+		tests := []struct {
+			name, reply string
+			code        int
+			want        spool.State
+		}{
+			{"4xx_defers", "451 4.3.0 not now", 451, spool.Deferred},
+			{"5xx_fails", "554 5.5.1 no data for you", 554, spool.Failed},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				h := newRawHost(t, "127.0.0.7", rawScript{pipelining: !lockStep, refuseData: tc.reply})
+				zone := "raw.test. 300 IN MX 10 mx.raw.test.\nmx.raw.test. 300 IN A 127.0.0.7\n"
+				w := newWorld(t, setup{zone: zone, cfg: func(c *delivery.Config) { c.Port, c.IdleTimeout = h.port, time.Minute }})
+				first := w.send("", []string{"a@raw.test", "b@raw.test"}, body7)
+				m := w.waitStates(first, tc.want, tc.want)
+				if a := lastAttempt(&m.Envelope.Recipients[1]); a.Phase != "data" || a.Code != tc.code {
+					t.Errorf("attempt %+v, want the DATA reply", a)
+				}
+				w.waitStates(w.send("", []string{"c@raw.test"}, body7), spool.Delivered)
+				var got []string
+				for _, l := range h.lines(0) {
+					if !strings.HasPrefix(l, "| ") {
+						got = append(got, strings.SplitN(l, " ", 2)[0])
+					}
+				}
+				if want := "EHLO MAIL RCPT RCPT DATA RSET MAIL RCPT DATA"; strings.Join(got, " ") != want || h.connections() != 1 {
+					t.Errorf("%d connections; the host read %v, want %s", h.connections(), got, want)
+				}
+			})
+		}
+	})
+}
