@@ -222,7 +222,11 @@ func (a *attempt) session(t target) (*session, *AttemptError) {
 	a.addrs++
 	s, aerr := e.open(a.ctx, t)
 	if aerr != nil && errors.Is(aerr, errTLSBroken) {
-		s, aerr = e.open(a.ctx, t) // the host is marked: plain text this time
+		// The host is marked: plain text this time, and for BrokenTLSFor.
+		a.step(errStep(aerr))
+		e.log.Warn("TLS handshake failed, retrying in plain text", "msg_id", a.j.id, "mx", t.host, "ip", t.ip.String(),
+			"reply", aerr.Text, "plain_for", e.cfg.BrokenTLSFor)
+		s, aerr = e.open(a.ctx, t)
 	}
 	return s, aerr
 }

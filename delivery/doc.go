@@ -31,7 +31,9 @@
 //     Update per attempt, with the route it went along (steps.go: hosts
 //     skipped and why, hosts that failed and how, the host that answered),
 //     and logged as one Info line with the keys msg_id rcpt domain mx ip
-//     attempt phase code enhanced duration tls status.
+//     attempt phase code enhanced duration delay tls status reply (and
+//     next_attempt, possible_duplicate). A failed opportunistic handshake
+//     is logged, and kept in the route, before the plain-text retry.
 //   - Deferred recipients back off from Backoff.Min to Backoff.Max with
 //     jitter; past Lifetime they fail. A delay DSN goes out once after
 //     DelayWarning unless NOTIFY excludes DELAY; a failure DSN is built by

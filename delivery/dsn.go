@@ -302,9 +302,9 @@ func returned(b *bytes.Buffer, boundary string, ret spool.Ret, global bool, body
 	}
 	w("")
 	b.Write(part)
-	if !bytes.HasSuffix(part, []byte("\r\n")) {
-		w("")
-	}
+	// The CRLF before the next delimiter belongs to the delimiter (RFC
+	// 2046 §5.1.1): one more, so the part keeps its own last line end.
+	w("")
 }
 
 // headersOf is the header section of a message, with its final CRLF.

@@ -3,6 +3,7 @@ package delivery_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"slices"
@@ -165,8 +166,15 @@ func TestDSNDelayOnceAfterWarning(t *testing.T) {
 		t.Errorf("recipient not marked as notified")
 	}
 	testpeer.WaitHost(t, sender, "the delay DSN", func(h *peer.Host) bool { return len(h.Messages()) == 1 })
-	if d := string(sender.Messages()[0].Data); !contains(d, "Action: delayed", "Will-Retry-Until:", "Status: 4.3.0") {
-		t.Errorf("delay DSN:\n%s", d)
+	p := parseWithPython(t, sender.Messages()[0].Data)
+	if len(p.PerRecipient) != 1 {
+		t.Fatalf("per-recipient blocks %v", p.PerRecipient)
+	}
+	pr := p.PerRecipient[0]
+	retryUntil := w.message(id).Envelope.Arrival.Add(5 * 24 * time.Hour).Format(time.RFC1123Z)
+	if pr["Action"] != "delayed" || pr["Status"] != "4.3.0" || pr["Will-Retry-Until"] != retryUntil ||
+		pr["Diagnostic-Code"] != "smtp; 451 4.3.0 later" || pr["Last-Attempt-Date"] == "" {
+		t.Errorf("delay DSN per-recipient fields %v, want delayed 4.3.0 until %s", pr, retryUntil)
 	}
 	w.retry(2 * time.Hour)
 	w.waitAttempts(id, 0, 3)
@@ -275,5 +283,82 @@ func TestDSNToLocalSenderFollowsAliases(t *testing.T) {
 	testpeer.WaitHost(t, sender, "the DSN", func(h *peer.Host) bool { return len(h.Messages()) == 1 })
 	if got := sender.Messages()[0].To; len(got) != 1 || got[0] != "admin@sender.test" {
 		t.Errorf("DSN went to %v, want the alias target admin@sender.test", got)
+	}
+}
+
+// TestDSNDelayNotWhenNotifyExcludesIt: NOTIFY=FAILURE asks for no delay
+// notice, and NOTIFY=NEVER for none at all.
+func TestDSNDelayNotWhenNotifyExcludesIt(t *testing.T) {
+	for _, notify := range []spool.Notify{spool.NotifyFailure, spool.NotifyNever} {
+		t.Run(fmt.Sprint(notify), func(t *testing.T) {
+			busy := peer.Behaviour{Rcpt: &peer.Reply{Code: 451, Enhanced: "4.3.0", Text: "later"}}
+			w := newWorld(t, setup{zone: dsnZone, hosts: map[string]peer.Behaviour{"127.0.0.2": busy, "127.0.0.4": {}}})
+			id := w.send("s@sender.test", []string{"x@example.test"}, body7, func(e *spool.Envelope) { e.Recipients[0].Notify = notify })
+			w.waitAttempts(id, 0, 1)
+			w.retry(4*time.Hour + time.Minute)
+			if r := w.waitAttempts(id, 0, 2); r.DelayNotified {
+				t.Errorf("recipient marked as notified")
+			}
+			c, err := w.sp.Counts()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Messages != 1 || len(w.hosts["127.0.0.4"].Messages()) != 0 {
+				t.Errorf("%d live messages, %d at the sender's host: a delay DSN was made", c.Messages, len(w.hosts["127.0.0.4"].Messages()))
+			}
+		})
+	}
+}
+
+// TestDSNReturnFullCutAt50KB: with RET=FULL the failure DSN returns the
+// message, cut at a line end within 50 KB.
+func TestDSNReturnFullCutAt50KB(t *testing.T) {
+	w := newWorld(t, setup{zone: dsnZone, hosts: map[string]peer.Behaviour{
+		"127.0.0.2": {Rcpt: &peer.Reply{Code: 550, Enhanced: "5.1.1", Text: "no such user"}}, "127.0.0.4": {},
+	}})
+	var body strings.Builder
+	body.WriteString(body7)
+	for i := 0; body.Len() < 200*1024; i++ {
+		fmt.Fprintf(&body, "line %06d %s\r\n", i, strings.Repeat("x", 60))
+	}
+	id := w.send("s@sender.test", []string{"x@example.test"}, body.String(), func(e *spool.Envelope) { e.Ret = spool.RetFull })
+	w.waitStates(id, spool.Failed)
+	sender := w.hosts["127.0.0.4"]
+	testpeer.WaitHost(t, sender, "the DSN", func(h *peer.Host) bool { return len(h.Messages()) == 1 })
+	data := sender.Messages()[0].Data
+	if p := parseWithPython(t, data); len(p.Parts) != 3 || p.Parts[2] != "message/rfc822" {
+		t.Fatalf("parts %v, want the message returned as message/rfc822", p.Parts)
+	}
+	// The part as sent: the CRLF before the closing delimiter belongs to
+	// the delimiter (RFC 2046 §5.1.1).
+	_, ret, _ := strings.Cut(string(data), "Content-Type: message/rfc822\r\n\r\n")
+	ret = ret[:max(strings.LastIndex(ret, "\r\n--"), 0)]
+	if len(ret) > 50*1024 || len(ret) < 49*1024 || !strings.HasPrefix(body.String(), ret) || !strings.HasSuffix(ret, "x\r\n") {
+		t.Errorf("returned %d octets ending %q; want the message's first whole lines, up to 50 KB", len(ret), ret[max(0, len(ret)-20):])
+	}
+}
+
+// TestDSNToOwnDomainThroughRoute: the operator's own domain has us as its
+// MX (mail to it would loop back), and a route to the inbound server; a
+// bounce to a sender there goes by the route and arrives.
+func TestDSNToOwnDomainThroughRoute(t *testing.T) {
+	zone := oneMXZone + `
+own.test. 300 IN MX 10 ` + ourHost + `.
+` + ourHost + `. 300 IN A 127.0.0.1
+`
+	w := newWorld(t, setup{zone: zone, noStart: true, hosts: map[string]peer.Behaviour{
+		"127.0.0.2": {Rcpt: &peer.Reply{Code: 550, Enhanced: "5.1.1", Text: "no such user"}},
+		"127.0.0.4": {}, // the inbound server
+	}})
+	cfg := w.cfg
+	cfg.Routes = map[string]delivery.NextHop{"own.test": {Hosts: []string{fmt.Sprintf("[127.0.0.4]:%d", w.port)}, TLS: delivery.TLSOpportunistic}}
+	w = w.replace(cfg)
+	id := w.send("cron@own.test", []string{"gone@example.test"}, body7)
+	w.waitStates(id, spool.Failed)
+	inbound := w.hosts["127.0.0.4"]
+	testpeer.WaitHost(t, inbound, "the DSN", func(h *peer.Host) bool { return len(h.Messages()) == 1 })
+	dsn := inbound.Messages()[0]
+	if dsn.From != "" || len(dsn.To) != 1 || dsn.To[0] != "cron@own.test" || !contains(string(dsn.Data), "Action: failed", "Status: 5.1.1") {
+		t.Errorf("DSN from <%s> to %v:\n%s", dsn.From, dsn.To, dsn.Data)
 	}
 }

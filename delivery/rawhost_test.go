@@ -7,6 +7,7 @@ package delivery_test
 import (
 	"bufio"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,11 @@ type rawScript struct {
 	// closeFirst closes the first connection right after the reply to its
 	// first final dot.
 	closeFirst bool
+	// ehlo, when set, is the reply to EHLO (HELO is still answered 250).
+	ehlo string
+	// refuseData, when set, is the reply to the first connection's first
+	// DATA command, instead of 354.
+	refuseData string
 }
 
 type rawHost struct {
@@ -30,7 +36,13 @@ type rawHost struct {
 
 func newRawHost(t *testing.T, ip string, script rawScript) *rawHost {
 	t.Helper()
-	ln, err := net.Listen("tcp", ip+":0")
+	return newRawHostOn(t, ip, 0, script)
+}
+
+// newRawHostOn is newRawHost on a given port (0: any).
+func newRawHostOn(t *testing.T, ip string, port int, script rawScript) *rawHost {
+	t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,6 +107,7 @@ func (h *rawHost) serve(n int, c net.Conn) {
 	if !say("220 raw.test ESMTP") {
 		return
 	}
+	datas := 0
 	for {
 		l, ok := read("")
 		if !ok {
@@ -108,6 +121,11 @@ func (h *rawHost) serve(n int, c net.Conn) {
 			if h.script.pipelining {
 				reply = "250-raw.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE"
 			}
+			if h.script.ehlo != "" {
+				reply = h.script.ehlo
+			}
+		case "HELO":
+			reply = "250 raw.test"
 		case "RCPT":
 			for _, a := range h.script.refuse {
 				if strings.Contains(l, "<"+a+">") {
@@ -115,6 +133,10 @@ func (h *rawHost) serve(n int, c net.Conn) {
 				}
 			}
 		case "DATA":
+			if datas++; datas == 1 && n == 0 && h.script.refuseData != "" {
+				reply = h.script.refuseData
+				break
+			}
 			if !say("354 go ahead") {
 				return
 			}

@@ -184,12 +184,15 @@ func (e *Scheduler) notices(j *job, delayed, relayed []dsnRcpt) []spool.NewMessa
 	return out
 }
 
+// logAttempt logs one line per recipient per attempt, in the spirit of
+// Postfix's "to=<…>, relay=host[ip], delay=…, dsn=…, status=…": duration is
+// the attempt's, delay the time since the message arrived.
 func (e *Scheduler) logAttempt(j *job, t spool.Task, r result, sr spool.Result, d time.Duration) {
 	env := &j.msg.Envelope
 	attrs := []any{
 		"msg_id", j.id, "rcpt", env.Recipients[t.Rcpt].Addr, "domain", t.Domain,
 		"mx", r.host, "ip", r.ip, "attempt", t.Attempts + 1, "phase", r.phase,
-		"code", r.code, "enhanced", r.enhanced, "duration", d, "tls", r.tls,
+		"code", r.code, "enhanced", r.enhanced, "duration", d, "delay", e.cfg.Now().Sub(env.Arrival), "tls", r.tls,
 		"status", sr.State.String(), "reply", r.text,
 	}
 	if sr.State == spool.Deferred {

@@ -2,6 +2,7 @@ package delivery_test
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -37,7 +38,7 @@ func TestDeliverPriority(t *testing.T) {
 		}
 	}
 	for _, kv := range []string{"rcpt=b@example.test", "domain=example.test", "mx=mx1.example.test", "ip=127.0.0.2",
-		"attempt=1", "phase=data", "code=250", "enhanced=2.0.0", "duration=", "tls=none", "status=delivered"} {
+		"attempt=1", "phase=data", "code=250", "enhanced=2.0.0", "duration=", "delay=0s", "tls=none", "status=delivered", `reply="OK: queued"`} {
 		if !strings.Contains(line, " "+kv) {
 			t.Errorf("attempt log line lacks %s: %q", kv, line)
 		}
@@ -314,6 +315,94 @@ func TestDeliverBackupRefusingDoesNotBounce(t *testing.T) {
 			w.hosts["127.0.0.2"].SetBehaviour(peer.Behaviour{})
 			w.retry(time.Hour)
 			w.waitStates(id, spool.Delivered)
+		})
+	}
+}
+
+// TestDeliverSourceAddress: connections leave from the configured source
+// address of their family.
+func TestDeliverSourceAddress(t *testing.T) {
+	w := newWorld(t, setup{zone: oneMXZone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}},
+		cfg: func(c *delivery.Config) { c.SourceIPv4 = netip.MustParseAddr("127.0.0.8") }})
+	w.waitStates(w.send("s@sender.test", []string{"x@example.test"}, body7), spool.Delivered)
+	if got := w.hosts["127.0.0.2"].Sessions()[0].Remote; !strings.HasPrefix(got, "127.0.0.8:") {
+		t.Errorf("connection came from %s, want 127.0.0.8", got)
+	}
+}
+
+// TestDeliverEHLORefused: a host that refuses EHLO with 5xx is left for
+// the next MX; one that does not know EHLO (502) is spoken to with HELO,
+// without extensions.
+func TestDeliverEHLORefused(t *testing.T) {
+	zone := `
+raw.test. 300 IN MX 10 mx1.raw.test.
+raw.test. 300 IN MX 20 mx2.raw.test.
+mx1.raw.test. 300 IN A 127.0.0.7
+mx2.raw.test. 300 IN A 127.0.0.8
+`
+	tests := []struct {
+		name, ehlo string
+		via        string
+		verbs      string // what the first host read
+	}{
+		{"554_next_MX", "554 5.7.1 go away", "mx2.raw.test", "EHLO"},
+		{"502_HELO", "502 5.5.1 EHLO not implemented", "mx1.raw.test", "EHLO HELO MAIL RCPT DATA"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			mx1 := newRawHost(t, "127.0.0.7", rawScript{ehlo: tc.ehlo})
+			newRawHostOn(t, "127.0.0.8", mx1.port, rawScript{})
+			w := newWorld(t, setup{zone: zone, cfg: func(c *delivery.Config) { c.Port = mx1.port }})
+			m := w.waitStates(w.send("s@sender.test", []string{"x@raw.test"}, body7), spool.Delivered)
+			a := lastAttempt(&m.Envelope.Recipients[0])
+			if a.Host != tc.via {
+				t.Errorf("delivered through %s (route %+v), want %s", a.Host, a.Route, tc.via)
+			}
+			if r := a.Route[0]; tc.via == "mx2.raw.test" && (r.Phase != "ehlo" || r.Code != 554) {
+				t.Errorf("first step %+v, want the 554 at ehlo", r)
+			}
+			var got []string
+			for _, l := range mx1.lines(0) {
+				if !strings.HasPrefix(l, "| ") {
+					got = append(got, strings.SplitN(l, " ", 2)[0])
+				}
+			}
+			if strings.Join(got, " ") != tc.verbs {
+				t.Errorf("the first host read %v, want %s", got, tc.verbs)
+			}
+		})
+	}
+}
+
+// TestDeliverIPFamily: ip_family chooses the addresses dialled. The host
+// has an IPv6 address where nothing listens.
+func TestDeliverIPFamily(t *testing.T) {
+	zone := `
+example.test. 300 IN MX 10 mx1.example.test.
+mx1.example.test. 300 IN AAAA ::1
+mx1.example.test. 300 IN A 127.0.0.2
+`
+	tests := []struct {
+		fam   delivery.IPFamily
+		state spool.State
+		ips   string // the addresses of the route's steps
+	}{
+		{delivery.FamilyIPv4, spool.Delivered, "127.0.0.2"},
+		{delivery.FamilyPreferIPv4, spool.Delivered, "127.0.0.2"},
+		{delivery.FamilyIPv6, spool.Deferred, "::1"},
+	}
+	for _, tc := range tests {
+		t.Run(string(tc.fam), func(t *testing.T) {
+			w := newWorld(t, setup{zone: zone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}},
+				cfg: func(c *delivery.Config) { c.IPFamily = tc.fam }})
+			r := w.waitAttempts(w.send("s@sender.test", []string{"x@example.test"}, body7), 0, 1)
+			var ips []string
+			for _, s := range lastAttempt(r).Route {
+				ips = append(ips, s.IP)
+			}
+			if r.State != tc.state || strings.Join(ips, " ") != tc.ips {
+				t.Errorf("%v along %v, want %v along %s", r.State, ips, tc.state, tc.ips)
+			}
 		})
 	}
 }

@@ -117,8 +117,12 @@ func (e *Scheduler) Shutdown(ctx context.Context) error {
 			<-e.stopped
 		}
 	}
-	e.cancel()
+	// Idle sessions say QUIT first; a host that does not answer is cut
+	// off when ctx ends.
+	stop := context.AfterFunc(ctx, e.cancel)
 	e.pool.close()
+	stop()
+	e.cancel()
 	e.bg.Wait()
 	return ctx.Err()
 }

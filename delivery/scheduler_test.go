@@ -2,6 +2,7 @@ package delivery_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -174,4 +175,231 @@ mx.slow.test. 300 IN A 127.0.0.3
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
 	_ = w.sched.Shutdown(ctx) // the slow host still holds its attempts: cut them off
+}
+
+// leased counts the recipients of ids a claim has taken: their next
+// attempt moved from their arrival to the lease.
+func (w *world) leased(ids []string, at time.Time) int {
+	w.t.Helper()
+	n := 0
+	for _, id := range ids {
+		if r := w.message(id).Envelope.Recipients[0]; r.NextAttempt.Equal(at) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestDeliverQueueBounds: the scheduler holds no more claimed recipients
+// than ActiveEntries, and one destination no more than DestinationEntries;
+// the rest stays in the spool (memory stays flat whatever is queued). A
+// host that never answers the final dot keeps what was claimed claimed.
+func TestDeliverQueueBounds(t *testing.T) {
+	const lease = 5 * time.Minute // the first backoff, with the world's fixed jitter
+	tests := []struct {
+		name           string
+		active, perDst int
+		wantHeld       int
+		wantGivenBack  int // claimed past DestinationEntries and given back at once
+	}{
+		{"active_entries", 3, 3, 3, 0},
+		{"destination_entries", 10, 2, 2, 8},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			zone := oneMXZone + "other.test. 300 IN MX 10 mx.other.test.\nmx.other.test. 300 IN A 127.0.0.3\n"
+			w := newWorld(t, setup{zone: zone, noStart: true,
+				hosts: map[string]peer.Behaviour{"127.0.0.2": {Hang: peer.HangDot}, "127.0.0.3": {}},
+				cfg: func(c *delivery.Config) {
+					c.ActiveEntries, c.DestinationEntries = tc.active, tc.perDst
+					c.Timeouts.FinalDot = time.Minute
+				}})
+			var ids []string
+			for range 10 {
+				ids = append(ids, w.send("s@sender.test", []string{"x@example.test"}, body7))
+			}
+			now := w.clock.now()
+			w.start()
+			testpeer.WaitHost(t, w.hosts["127.0.0.2"], "a message to hang at the final dot", func(h *peer.Host) bool {
+				ss := h.Sessions()
+				return len(ss) == 1 && len(ss[0].Transactions) == 1 && ss[0].Transactions[0].Size > 0
+			})
+			if tc.wantGivenBack > 0 {
+				// Another destination still gets its share.
+				w.waitStates(w.send("s@sender.test", []string{"y@other.test"}, body7), spool.Delivered)
+				testpeer.WaitFor(t, "the excess to be given back", func() bool {
+					return w.leased(ids, now.Add(time.Minute)) == tc.wantGivenBack
+				})
+			}
+			if n := w.leased(ids, now.Add(lease)); n != tc.wantHeld {
+				t.Errorf("%d recipients held by the scheduler, want %d", n, tc.wantHeld)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+			defer cancel()
+			_ = w.sched.Shutdown(ctx) // cut the hung attempt off
+		})
+	}
+}
+
+// capsZone has three domains with a host each, and dead.test, whose host
+// refuses connections.
+const capsZone = `
+a.test. 300 IN MX 10 mx.a.test.
+mx.a.test. 300 IN A 127.0.0.2
+b.test. 300 IN MX 10 mx.b.test.
+mx.b.test. 300 IN A 127.0.0.3
+c.test. 300 IN MX 10 mx.c.test.
+mx.c.test. 300 IN A 127.0.0.4
+dead.test. 300 IN MX 10 mx.dead.test.
+mx.dead.test. 300 IN A 127.0.0.5
+`
+
+// deadDestination fails one attempt to dead.test, so its mail is deferred
+// from then on without a connection or a slot.
+func (w *world) deadDestination() {
+	w.t.Helper()
+	r := w.waitAttempts(w.send("s@sender.test", []string{"x@dead.test"}, body7), 0, 1)
+	if a := lastAttempt(r); r.State != spool.Deferred || a.Phase != "dial" {
+		w.t.Fatalf("dead.test: %v, attempt %+v; want deferred at dial", r.State, a)
+	}
+}
+
+// afterDispatch waits until the scheduler has dispatched once more: a
+// message to the dead destination is deferred without dialling, by the
+// same pass over the queues that would start any attempt a free slot
+// allowed.
+func (w *world) afterDispatch() {
+	w.t.Helper()
+	r := w.waitAttempts(w.send("s@sender.test", []string{"y@dead.test"}, body7), 0, 1)
+	if a := lastAttempt(r); a.Phase != "local" || !strings.Contains(a.Text, "not dialled") {
+		w.t.Fatalf("dead.test: attempt %+v, want deferred without dialling", a)
+	}
+}
+
+func connections(hosts ...*peer.Host) int {
+	n := 0
+	for _, h := range hosts {
+		n += h.Connections()
+	}
+	return n
+}
+
+// TestDeliverConnectionCaps: attempts never exceed MaxConns in all, nor
+// PerDestinationConns for one destination; the others wait for a slot.
+func TestDeliverConnectionCaps(t *testing.T) {
+	hang := peer.Behaviour{Hang: peer.HangGreeting}
+	t.Run("global", func(t *testing.T) {
+		w := newWorld(t, setup{zone: capsZone,
+			hosts: map[string]peer.Behaviour{"127.0.0.2": hang, "127.0.0.3": hang, "127.0.0.4": hang, "127.0.0.5": {Refuse: true}},
+			cfg: func(c *delivery.Config) {
+				c.MaxConns = 2
+				c.Timeouts.Greeting = time.Minute
+			}})
+		w.deadDestination()
+		for _, d := range []string{"a", "b", "c"} {
+			w.send("s@sender.test", []string{"x@" + d + ".test"}, body7)
+		}
+		a, b, c := w.hosts["127.0.0.2"], w.hosts["127.0.0.3"], w.hosts["127.0.0.4"]
+		testpeer.WaitFor(t, "two hosts to be dialled", func() bool { return connections(a, b, c) >= 2 })
+		w.afterDispatch()
+		if n := connections(a, b, c); n != 2 {
+			t.Errorf("%d connections to three destinations, want MaxConns = 2", n)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+		defer cancel()
+		_ = w.sched.Shutdown(ctx) // cut the hung attempts off
+	})
+	t.Run("per_destination", func(t *testing.T) {
+		w := newWorld(t, setup{zone: capsZone,
+			hosts: map[string]peer.Behaviour{"127.0.0.2": {}, "127.0.0.5": {Refuse: true}},
+			cfg: func(c *delivery.Config) {
+				c.PerDestinationConns = 2
+				c.IdleTimeout = time.Minute
+				c.Timeouts.FinalDot = time.Minute
+			}})
+		w.deadDestination()
+		// One delivery proves the destination: until then it gets one
+		// attempt at a time.
+		w.waitStates(w.send("s@sender.test", []string{"x@a.test"}, body7), spool.Delivered)
+		h := w.hosts["127.0.0.2"]
+		if err := h.SetBehaviour(peer.Behaviour{Hang: peer.HangDot}); err != nil {
+			t.Fatal(err)
+		}
+		for range 4 {
+			w.send("s@sender.test", []string{"x@a.test"}, body7)
+		}
+		hung := func() int {
+			n := 0
+			for _, s := range h.Sessions() {
+				n += len(s.Transactions)
+			}
+			return n - 1 // the first was delivered
+		}
+		testpeer.WaitFor(t, "two messages to hang at the final dot", func() bool { return hung() >= 2 })
+		w.afterDispatch()
+		if n := hung(); n != 2 {
+			t.Errorf("%d transactions at once to one destination, want PerDestinationConns = 2", n)
+		}
+		if n := h.Connections(); n != 2 {
+			t.Errorf("%d connections, want 2: the idle one reused, one more", n)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+		defer cancel()
+		_ = w.sched.Shutdown(ctx)
+	})
+}
+
+// TestDeliverReuseBounds: a connection carries at most ReuseMessages
+// messages and lives at most ReuseAge; then it is closed with QUIT and the
+// next message opens a new one.
+func TestDeliverReuseBounds(t *testing.T) {
+	tests := []struct {
+		name      string
+		cfg       func(*delivery.Config)
+		wantConns int // for 4 messages, one after the other
+	}{
+		{"messages", func(c *delivery.Config) { c.ReuseMessages = 2 }, 2},
+		{"age", func(c *delivery.Config) { c.ReuseAge = time.Nanosecond }, 4},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, setup{zone: oneMXZone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}},
+				cfg: func(c *delivery.Config) { c.IdleTimeout = time.Minute; tc.cfg(c) }})
+			for range 4 {
+				w.waitStates(w.send("s@sender.test", []string{"x@example.test"}, body7), spool.Delivered)
+			}
+			h := w.hosts["127.0.0.2"]
+			if n := h.Connections(); n != tc.wantConns {
+				t.Errorf("%d connections for 4 messages, want %d", n, tc.wantConns)
+			}
+			testpeer.WaitHost(t, h, "every connection to say QUIT", func(h *peer.Host) bool {
+				quits := 0
+				for _, s := range h.Sessions() {
+					if n := len(s.Commands); n > 0 && strings.EqualFold(s.Commands[n-1].Line, "QUIT") {
+						quits++
+					}
+				}
+				return quits == tc.wantConns // the last one has served its messages (or time) too
+			})
+		})
+	}
+}
+
+// TestDeliverShutdownQuitsIdleConnections: at shutdown an idle connection
+// says QUIT before it closes.
+func TestDeliverShutdownQuitsIdleConnections(t *testing.T) {
+	w := newWorld(t, setup{zone: oneMXZone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}},
+		cfg: func(c *delivery.Config) { c.IdleTimeout = time.Minute }})
+	w.waitStates(w.send("s@sender.test", []string{"x@example.test"}, body7), spool.Delivered)
+	if err := w.sched.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if n := w.sched.OpenConnections(); n != 0 {
+		t.Errorf("%d connections open after shutdown", n)
+	}
+	h := w.hosts["127.0.0.2"]
+	testpeer.WaitHost(t, h, "QUIT", func(h *peer.Host) bool {
+		c := h.Sessions()[0].Commands
+		return len(c) > 0 && c[len(c)-1].Line == "QUIT"
+	})
 }

@@ -1,6 +1,7 @@
 package delivery_test
 
 import (
+	"crypto/tls"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -28,13 +29,15 @@ func TestDeliverOpportunisticTLS(t *testing.T) {
 		name    string
 		roots   bool // trust the peer's certificate
 		verdict string
+		max     uint16 // the host's newest TLS version
 	}{
-		{"unverified", false, "TLS1.3 unverified"},
-		{"would_verify", true, "TLS1.3 verified"},
+		{"unverified", false, "TLS1.3 unverified", 0},
+		{"would_verify", true, "TLS1.3 verified", 0},
+		{"TLS_1.0_is_enough", false, "TLS1.0 unverified", tls.VersionTLS10},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			w := newWorld(t, setup{zone: basicZone, hosts: map[string]peer.Behaviour{"127.0.0.2": {Cert: &c.TLS}},
+			w := newWorld(t, setup{zone: basicZone, hosts: map[string]peer.Behaviour{"127.0.0.2": {Cert: &c.TLS, MaxTLSVersion: tc.max}},
 				cfg: func(cfg *delivery.Config) {
 					if tc.roots {
 						cfg.RootCAs = c.Pool()
@@ -58,8 +61,12 @@ func TestDeliverBrokenTLSFallsBackToPlain(t *testing.T) {
 		cfg: func(c *delivery.Config) { c.ReuseMessages = 1 }})
 	first := w.send("s@sender.test", []string{"x@example.test"}, body7)
 	m := w.waitStates(first, spool.Delivered)
-	if a := lastAttempt(&m.Envelope.Recipients[0]); a.TLS != "none" {
+	a := lastAttempt(&m.Envelope.Recipients[0])
+	if a.TLS != "none" {
 		t.Errorf("TLS verdict %q, want none", a.TLS)
+	}
+	if len(a.Route) != 2 || a.Route[0].Phase != "starttls" || a.Route[1].Code != 250 {
+		t.Errorf("route %+v: want the failed handshake, then the delivery", a.Route)
 	}
 	h := w.hosts["127.0.0.2"]
 	if n := h.Connections(); n != 2 {
@@ -69,6 +76,16 @@ func TestDeliverBrokenTLSFallsBackToPlain(t *testing.T) {
 	w.waitStates(second, spool.Delivered)
 	if n := h.Connections(); n != 3 {
 		t.Errorf("%d connections, want 3: the broken host is spoken to in plain text at once", n)
+	}
+	// A day later the host gets another chance at TLS.
+	w.clock.advance(24*time.Hour + time.Minute)
+	third := w.send("s@sender.test", []string{"z@example.test"}, body7)
+	w.waitStates(third, spool.Delivered)
+	if n := h.Connections(); n != 5 {
+		t.Errorf("%d connections, want 5: a day later STARTTLS is tried again, then plain text", n)
+	}
+	if n := strings.Count(w.logs.String(), "TLS handshake failed"); n != 2 {
+		t.Errorf("%d logged handshake failures, want 2", n)
 	}
 }
 
@@ -216,5 +233,30 @@ func TestDeliverRouteVerifiesAnAddress(t *testing.T) {
 	}
 	if s := w.hosts["127.0.0.5"].Sessions()[0]; !s.TLS || s.ServerName != "" {
 		t.Errorf("session %+v: want TLS without SNI", s)
+	}
+}
+
+// TestDeliverRelayhostVerifiesByDefault: a relayhost whose certificate is
+// not trusted is not sent AUTH, nor the mail; the mail waits.
+func TestDeliverRelayhostVerifiesByDefault(t *testing.T) {
+	c := cert(t, "relay.test")
+	relay := peer.Behaviour{Cert: &c.TLS, Auth: map[string]string{"me": "secret"}}
+	w := newWorld(t, setup{zone: relayZone, hosts: map[string]peer.Behaviour{"127.0.0.5": relay}, noStart: true})
+	cfg := w.cfg
+	cfg.Relayhost = &delivery.Relayhost{NextHop: delivery.NextHop{
+		Hosts: []string{"relay.test:" + strconv.Itoa(w.port)},
+		Auth:  &delivery.Auth{Username: "me", Password: "secret"},
+	}} // no RootCAs: the system pool does not know the test's certificate
+	w = w.replace(cfg)
+	id := w.send("s@sender.test", []string{"x@example.test"}, body7)
+	r := w.waitAttempts(id, 0, 1)
+	if a := lastAttempt(r); r.State != spool.Deferred || a.Phase != "starttls" || a.Enhanced != "4.7.5" {
+		t.Errorf("state %v, attempt %+v: want deferred, 4.7.5 at starttls", r.State, a)
+	}
+	h := w.hosts["127.0.0.5"]
+	for _, s := range h.Sessions() {
+		if s.AuthAttempts != 0 || len(s.Transactions) != 0 {
+			t.Errorf("session %+v went on past an unverified certificate", s)
+		}
 	}
 }

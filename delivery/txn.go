@@ -277,11 +277,16 @@ func (t *txn) noRecipientData() {
 }
 
 // deferTooMany defers the recipients refused with 452 when none was
-// accepted: a new transaction would meet the same refusal.
+// accepted: a new transaction would meet the same refusal. A 552 read as
+// 452 is recorded with a temporary enhanced code too (4.5.3, not 5.5.3),
+// so a delay notice never reports a permanent status.
 func (t *txn) deferTooMany() {
 	for i, r := range t.retry {
 		ae := *t.tooMany[i]
 		ae.Permanent = false
+		if strings.HasPrefix(ae.Enhanced, "5.") {
+			ae.Enhanced = "4" + ae.Enhanced[1:]
+		}
 		t.a.set(r, errResult(&ae, t.s.tls))
 	}
 	t.retry = nil

@@ -224,3 +224,79 @@ func TestDeliverBodyNeeds(t *testing.T) {
 		}
 	})
 }
+
+// TestDeliverRcpt552ReadAs452: 552 to RCPT is read as 452, too many
+// recipients (RFC 5321 §4.5.3.1.10): the recipient goes into a new
+// transaction at once, and refused there too, alone, it is deferred, not
+// failed.
+func TestDeliverRcpt552ReadAs452(t *testing.T) {
+	eachMode(t, func(t *testing.T, lockStep bool) {
+		w := newWorld(t, setup{lockStep: lockStep, zone: basicZone, hosts: map[string]peer.Behaviour{"127.0.0.2": {
+			RcptReplies: map[string]peer.Reply{"b@example.test": {Code: 552, Enhanced: "5.5.3", Text: "too many recipients"}},
+		}, "127.0.0.3": {}}})
+		id := w.send("s@sender.test", []string{"a@example.test", "b@example.test", "c@example.test"}, body7)
+		m := w.waitStates(id, spool.Delivered, spool.Deferred, spool.Delivered)
+		if a := lastAttempt(&m.Envelope.Recipients[1]); a.Code != 552 || a.Enhanced != "4.5.3" || a.Phase != "rcpt" || a.Host != "mx1.example.test" {
+			t.Errorf("b deferred with %+v", a)
+		}
+		h := w.hosts["127.0.0.2"]
+		var rcpts [][]string
+		for _, s := range h.Sessions() {
+			for _, tx := range s.Transactions {
+				var to []string
+				for _, r := range tx.Rcpts {
+					to = append(to, r.Addr)
+				}
+				rcpts = append(rcpts, to)
+			}
+		}
+		if len(rcpts) != 2 || strings.Join(rcpts[1], ",") != "b@example.test" || h.Connections() != 1 {
+			t.Errorf("transactions %v on %d connections; want a second one for b alone on the same one", rcpts, h.Connections())
+		}
+		if n := len(h.Messages()); n != 1 {
+			t.Errorf("%d messages, want 1 (no DATA for b alone)", n)
+		}
+		if n := w.hosts["127.0.0.3"].Connections(); n != 0 {
+			t.Errorf("the backup MX was dialled for a too-many-recipients reply")
+		}
+	})
+}
+
+// TestDeliverDATACommandRefused: a refusal of the DATA command itself
+// (not of the final dot) defers or fails the accepted recipients; the
+// transaction stays open, so the next message on the connection starts
+// with RSET.
+func TestDeliverDATACommandRefused(t *testing.T) {
+	eachMode(t, func(t *testing.T, lockStep bool) {
+		tests := []struct {
+			name, reply string
+			code        int
+			want        spool.State
+		}{
+			{"4xx_defers", "451 4.3.0 not now", 451, spool.Deferred},
+			{"5xx_fails", "554 5.5.1 no data for you", 554, spool.Failed},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				h := newRawHost(t, "127.0.0.7", rawScript{pipelining: !lockStep, refuseData: tc.reply})
+				zone := "raw.test. 300 IN MX 10 mx.raw.test.\nmx.raw.test. 300 IN A 127.0.0.7\n"
+				w := newWorld(t, setup{zone: zone, cfg: func(c *delivery.Config) { c.Port, c.IdleTimeout = h.port, time.Minute }})
+				first := w.send("", []string{"a@raw.test", "b@raw.test"}, body7)
+				m := w.waitStates(first, tc.want, tc.want)
+				if a := lastAttempt(&m.Envelope.Recipients[1]); a.Phase != "data" || a.Code != tc.code {
+					t.Errorf("attempt %+v, want the DATA reply", a)
+				}
+				w.waitStates(w.send("", []string{"c@raw.test"}, body7), spool.Delivered)
+				var got []string
+				for _, l := range h.lines(0) {
+					if !strings.HasPrefix(l, "| ") {
+						got = append(got, strings.SplitN(l, " ", 2)[0])
+					}
+				}
+				if want := "EHLO MAIL RCPT RCPT DATA RSET MAIL RCPT DATA"; strings.Join(got, " ") != want || h.connections() != 1 {
+					t.Errorf("%d connections; the host read %v, want %s", h.connections(), got, want)
+				}
+			})
+		}
+	})
+}

@@ -115,6 +115,10 @@ type DeliveryConfig struct {
 	// session waits (connect, greeting, each reply, each write); 0 keeps
 	// RFC 5321 §4.5.3.2's times.
 	SessionTimeout Duration `yaml:"session_timeout"`
+	// MaxAddrsPerAttempt and MaxSessionsPerAttempt bound one attempt at a
+	// destination: addresses dialled, and sessions that got past EHLO.
+	MaxAddrsPerAttempt    int `yaml:"max_addresses_per_attempt"`
+	MaxSessionsPerAttempt int `yaml:"max_sessions_per_attempt"`
 }
 
 // DNSConfig names the resolvers; empty means /etc/resolv.conf.

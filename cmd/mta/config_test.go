@@ -50,6 +50,8 @@ func TestConfigErrors(t *testing.T) {
 		{"bad alias target", "aliases:\n  root: not-an-address\n", []string{`aliases.root: target "not-an-address"`}},
 		{"bad listener", "listeners:\n  relay: [\"localhost\"]\n", []string{`listeners.relay[0]: "localhost" is not an address`}},
 		{"wrong type", "limits:\n  max_recipients: many\n", []string{"line 2: cannot unmarshal"}},
+		{"attempt budget", "delivery:\n  max_addresses_per_attempt: 0\n  max_sessions_per_attempt: -1\n", []string{
+			"line 2: delivery.max_addresses_per_attempt", "line 3: delivery.max_sessions_per_attempt"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

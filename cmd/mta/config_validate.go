@@ -50,6 +50,9 @@ func Default() *Config {
 			IPFamily:           "any",
 			Port:               25,
 			MaxRcptsPerMessage: 50,
+
+			MaxAddrsPerAttempt:    5,
+			MaxSessionsPerAttempt: 2,
 		},
 		DNS:     DNSConfig{Timeout: Duration(2 * time.Second)},
 		Spool:   SpoolConfig{MinFreeBytes: 100 << 20, RetiredMaxAge: Duration(7 * 24 * time.Hour), RetiredMaxCount: 100000},
@@ -170,6 +173,8 @@ func (c *Config) validateDelivery(v *validator) {
 	v.positive("delivery.max_connections", d.MaxConnections)
 	v.positive("delivery.per_destination", d.PerDestination)
 	v.positive("delivery.max_recipients_per_transaction", d.MaxRcptsPerMessage)
+	v.positive("delivery.max_addresses_per_attempt", d.MaxAddrsPerAttempt)
+	v.positive("delivery.max_sessions_per_attempt", d.MaxSessionsPerAttempt)
 	if d.Port <= 0 || d.Port > 65535 {
 		v.add("delivery.port", "%d is not a TCP port", d.Port)
 	}

@@ -135,6 +135,7 @@ func (d *daemonState) deliveryConfig() (delivery.Config, error) {
 		Logger:              d.log.With("subsystem", "delivery"),
 		Observer:            deliveryObserver{d.metrics},
 	}
+	dc.MaxAddrsPerAttempt, dc.MaxSessionsPerAttempt = c.Delivery.MaxAddrsPerAttempt, c.Delivery.MaxSessionsPerAttempt
 	if dc.DelayWarning == 0 {
 		dc.DelayWarning = -1 // the config's 0 turns delay notices off
 	}

@@ -94,6 +94,8 @@ type Behaviour struct {
 	BrokenTLS bool
 	// ImplicitTLS: TLS from the first byte (submissions, port 465); needs Cert.
 	ImplicitTLS bool
+	// MaxTLSVersion caps the TLS version offered with Cert (0: the newest).
+	MaxTLSVersion uint16
 	// No8BitMIME, NoSMTPUTF8, NoDSN and NoPipelining leave those
 	// extensions out of the EHLO reply. No8BitMIME and NoPipelining cannot
 	// be combined with STARTTLS.
@@ -187,7 +189,7 @@ func (h *Host) newServer(b Behaviour) *smtp.Server {
 			return nil, errors.New("scripted handshake failure")
 		}}
 	case b.Cert != nil && !b.ImplicitTLS:
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*b.Cert}, MinVersion: tls.VersionTLS10}
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{*b.Cert}, MinVersion: tls.VersionTLS10, MaxVersion: b.MaxTLSVersion}
 	}
 	return srv
 }
@@ -380,7 +382,7 @@ func (l *listener) Accept() (net.Conn, error) {
 			l.h.goRoot(func() { pc.hang(nil); _ = pc.Close() })
 			continue
 		case b.ImplicitTLS:
-			return tls.Server(pc, &tls.Config{Certificates: []tls.Certificate{*b.Cert}}), nil
+			return tls.Server(pc, &tls.Config{Certificates: []tls.Certificate{*b.Cert}, MaxVersion: b.MaxTLSVersion}), nil
 		}
 		return pc, nil
 	}
