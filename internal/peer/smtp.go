@@ -404,6 +404,7 @@ type conn struct {
 
 	mu       sync.Mutex
 	readLast bool // the last operation was a read: the next write is a reply
+	midReply bool // the last write ended in a continuation line ("250-...")
 	cmds     commandLog
 }
 
@@ -419,17 +420,14 @@ func (c *conn) Read(p []byte) (int, error) {
 }
 
 func (c *conn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	reply := c.readLast
-	c.readLast = false
-	c.mu.Unlock()
+	start := c.replyStart(p)
 	if strings.HasPrefix(string(p), "354 ") {
 		c.h.update(func() { c.cmds.inData = true })
 	}
 	if c.b.NoPipelining && string(p) == "250-PIPELINING\r\n" {
 		return len(p), nil
 	}
-	if c.b.Delay > 0 && (reply || strings.HasPrefix(string(p), "220 ")) {
+	if c.b.Delay > 0 && start {
 		select {
 		case <-time.After(c.b.Delay):
 		case <-c.h.done:
@@ -439,6 +437,39 @@ func (c *conn) Write(p []byte) (int, error) {
 		return len(p), nil // go-smtp writes each EHLO line on its own
 	}
 	return c.Conn.Write(p)
+}
+
+// replyStart reports whether p begins a reply, for Delay: go-smtp writes
+// each reply line on its own, so a plain-text write begins a reply unless
+// the write before it ended in a continuation line ("250-8BITMIME"). That
+// holds for pipelined commands too, whose replies all follow one read.
+// Under TLS the lines cannot be seen: the first write after a read counts.
+func (c *conn) replyStart(p []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	afterRead := c.readLast
+	c.readLast = false
+	last, ok := lastReplyLine(p)
+	if !ok {
+		return afterRead
+	}
+	start := !c.midReply
+	c.midReply = last[3] == '-'
+	return start
+}
+
+// lastReplyLine is the last line of p when p is whole reply lines
+// ("250-a\r\n250 b\r\n"); false when p is anything else (TLS records).
+func lastReplyLine(p []byte) ([]byte, bool) {
+	body, ok := bytes.CutSuffix(p, []byte("\r\n"))
+	if !ok {
+		return nil, false
+	}
+	last := body[bytes.LastIndexByte(body, '\n')+1:]
+	if len(last) < 4 || !isDecimal(string(last[:3])) || (last[3] != ' ' && last[3] != '-') || !isDecimal(string(p[:min(3, len(p))])) {
+		return nil, false
+	}
+	return last, true
 }
 
 // commandLog records the command lines a connection reads into its

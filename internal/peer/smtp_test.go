@@ -106,6 +106,37 @@ func TestHostFillsMailbox(t *testing.T) {
 	}
 }
 
+// A slow host waits before every reply, also before each of the replies
+// to pipelined commands that arrive in one read. The bound is a floor,
+// never a ceiling: waits only add up.
+func TestHostSlowDelaysEveryReply(t *testing.T) {
+	const delay = 40 * time.Millisecond
+	h := testpeer.NewSMTP(t, "127.0.0.2:0", peer.Behaviour{Delay: delay})
+	conn, err := net.Dial("tcp", h.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tp := textproto.NewConn(conn)
+	if _, _, err := tp.ReadResponse(220); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	// One write: EHLO (a multi-line reply, waited for once), MAIL, two
+	// RCPTs and DATA: five replies.
+	if _, err := io.WriteString(conn, "EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []int{250, 250, 250, 250, 354} {
+		if _, msg, err := tp.ReadResponse(want); err != nil {
+			t.Fatalf("want %d: %v %s", want, err, msg)
+		}
+	}
+	if took := time.Since(start); took < 5*delay {
+		t.Errorf("five replies took %v, want at least 5 × %v", took, delay)
+	}
+}
+
 func TestHostScripts(t *testing.T) {
 	tests := []struct {
 		name string
