@@ -136,7 +136,7 @@ func startLab(ctx context.Context, o labOptions) (*lab, error) {
 	if l.dns, err = peer.NewDNS(peer.DNSOptions{Addr: o.Config.DNS, Zone: o.Zone}); err != nil {
 		return nil, fmt.Errorf("dns: %w", err)
 	}
-	smtpPort, err := l.startHosts(specs, o.Config.smtpPort())
+	smtpPort, err := l.startHosts(specs, o.Config.smtpPort(), z.reverseName)
 	if err != nil {
 		return nil, err
 	}

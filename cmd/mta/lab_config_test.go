@@ -216,3 +216,31 @@ func TestQueueShowPrintsTheRoute(t *testing.T) {
 		}
 	}
 }
+
+// Lab hosts name their clients as a receiving MTA would: by the zone's PTR
+// record, when the name it gives leads back to the address.
+func TestLabReverseName(t *testing.T) {
+	z, err := newLabZoneView(labZone + `
+$ORIGIN 127.in-addr.arpa.
+250.0.0  IN PTR  liar.test.
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ip, want := range map[string]string{
+		"127.0.0.1":          "mta.lab.test",
+		"127.0.0.22":         "mx2.refused.test",
+		"::ffff:127.0.0.22":  "mx2.refused.test", // as a dual-stack socket reports it
+		"127.0.0.250":        "",                 // the PTR name has no address
+		"127.0.0.99":         "",                 // no PTR record
+		"not an address":     "",
+		"2001:db8::1":        "",
+		"127.0.0.61":         "implicit.test",
+		"127.0.0.101":        "mx.picky.test",
+		"127.0.0.1%loopback": "",
+	} {
+		if got := z.reverseName(ip); got != want {
+			t.Errorf("reverseName(%q) = %q, want %q", ip, got, want)
+		}
+	}
+}

@@ -107,6 +107,11 @@ type Behaviour struct {
 	AllowInsecureAuth bool
 	// Domain is the host's name in its greeting (default "peer.test").
 	Domain string
+	// ReverseName, when set, is asked for the client address's name (its
+	// reverse DNS) for the Received field of messages kept in the Mailbox,
+	// which then reads "from EHLO (NAME [IP])" as Postfix writes it, with
+	// "unknown" for "". Unset, the field has the address only.
+	ReverseName func(ip string) string
 }
 
 func (b Behaviour) check() error {
@@ -321,11 +326,12 @@ func (h *Host) SetMailbox(mb *Mailbox) {
 func (h *Host) keep(m Message, remote string) {
 	var box *Mailbox
 	var domain string
+	var rdns func(string) string
 	h.update(func() {
 		h.nextID++
 		m.ID = h.nextID
 		h.mailbox = append(h.mailbox, m)
-		box, domain = h.box, h.b.Domain
+		box, domain, rdns = h.box, h.b.Domain, h.b.ReverseName
 	})
 	if box == nil {
 		return
@@ -338,10 +344,18 @@ func (h *Host) keep(m Message, remote string) {
 		with = "ESMTPS"
 	}
 	ip, _, _ := net.SplitHostPort(remote)
+	seen := "[" + ip + "]"
+	if rdns != nil {
+		name := rdns(ip)
+		if name == "" {
+			name = "unknown"
+		}
+		seen = name + " " + seen
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "Return-Path: <%s>\r\n", m.From)
-	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s with %s id %d\r\n\tfor <%s>; %s\r\n",
-		m.EHLO, ip, domain, with, m.ID, strings.Join(m.To, ">, <"), m.Received.Format(time.RFC1123Z))
+	fmt.Fprintf(&b, "Received: from %s (%s)\r\n\tby %s with %s id %d\r\n\tfor <%s>; %s\r\n",
+		m.EHLO, seen, domain, with, m.ID, strings.Join(m.To, ">, <"), m.Received.Format(time.RFC1123Z))
 	box.Append(append([]byte(b.String()), m.Data...))
 }
 

@@ -106,6 +106,35 @@ func TestHostFillsMailbox(t *testing.T) {
 	}
 }
 
+// With ReverseName the Received field says what the host saw, as Postfix
+// writes it: the name reverse DNS gives, or "unknown".
+func TestHostFillsMailboxWithReverseName(t *testing.T) {
+	for _, tc := range []struct{ name, rdns, want string }{
+		{"named", "client.rdns.test", "Received: from client.test (client.rdns.test [127.0.0.1])\r\n\tby mx1.lab.test with ESMTP id 1\r\n"},
+		{"no name", "", "Received: from client.test (unknown [127.0.0.1])\r\n\tby mx1.lab.test with ESMTP id 1\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var asked []string
+			h := testpeer.NewSMTP(t, "127.0.0.2:0", peer.Behaviour{Domain: "mx1.lab.test", ReverseName: func(ip string) string {
+				asked = append(asked, ip) // one session at a time: no race
+				return tc.rdns
+			}})
+			mb := peer.NewMailbox()
+			h.SetMailbox(mb)
+			if err := send(dial(t, h), "a@x.test", []string{"b@y.test"}, "Subject: hi\r\n\r\nbody\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			msgs := mb.List()
+			if len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), tc.want) {
+				t.Fatalf("mailbox %q, want a message with %q", msgs, tc.want)
+			}
+			if len(asked) != 1 || asked[0] != "127.0.0.1" {
+				t.Errorf("ReverseName asked for %q, want the client's address once", asked)
+			}
+		})
+	}
+}
+
 // A slow host waits before every reply, also before each of the replies
 // to pipelined commands that arrive in one read. The bound is a floor,
 // never a ceiling: waits only add up.
