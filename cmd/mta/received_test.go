@@ -256,7 +256,9 @@ func TestParseMailDate(t *testing.T) {
 
 // FuzzParseReceived feeds arbitrary field bodies to the parser. Whatever
 // comes in, it must not panic, must keep the raw text, must say why when it
-// has no readable date, and its hop must print and encode.
+// has no readable date, and its hop must print and encode. The same bytes
+// are also read as a whole message, as `mta trace` reads one, and as the
+// one Received field of a message.
 func FuzzParseReceived(f *testing.F) {
 	for _, c := range realWorldReceived {
 		f.Add(c.raw)
@@ -277,12 +279,36 @@ func FuzzParseReceived(f *testing.F) {
 		if err := printTrace(&b, hops); err != nil {
 			t.Fatal(err)
 		}
-		for _, c := range b.String() {
-			if c < ' ' && c != '\n' || c == 0x7f {
-				t.Fatalf("control character %q in table:\n%s", c, b.String())
+		checkPrintable(t, b.String())
+
+		fields, err := receivedFields(strings.NewReader(raw))
+		if err != nil {
+			t.Fatalf("read %q as a message: %v", raw, err)
+		}
+		b.Reset()
+		if err := printTrace(&b, traceHops(fields)); err != nil {
+			t.Fatal(err)
+		}
+		checkPrintable(t, b.String())
+
+		if !strings.ContainsAny(raw, "\r\n") {
+			fields, err := receivedFields(strings.NewReader("Received:" + raw + "\r\nSubject: x\r\n\r\nReceived: body\r\n"))
+			if err != nil || len(fields) != 1 || fields[0] != raw {
+				t.Fatalf("one Received field %q read as %q, %v", raw, fields, err)
 			}
 		}
 	})
+}
+
+// checkPrintable fails on control characters in a table: a header may
+// carry escape sequences, which must never reach the terminal.
+func checkPrintable(t *testing.T, table string) {
+	t.Helper()
+	for _, c := range table {
+		if c < ' ' && c != '\n' || c == 0x7f || c >= 0x80 && c < 0xa0 {
+			t.Fatalf("control character %q in table:\n%s", c, table)
+		}
+	}
 }
 
 func BenchmarkParseReceived(b *testing.B) {
