@@ -51,6 +51,18 @@ func TestLabShippedConfig(t *testing.T) {
 	if err != nil || built.Hosts["mx1.hang.test"].Hang != "greeting" {
 		t.Errorf("built-in config: %+v, %v", built, err)
 	}
+	// ports: left out, the standard ports as root, else high ones.
+	smtp, pop3 := 2500, 1100
+	if os.Geteuid() == 0 {
+		smtp, pop3 = 25, 110
+	}
+	if lc.smtpPort() != smtp || lc.pop3Port() != pop3 {
+		t.Errorf("default ports %d, %d; want %d, %d", lc.smtpPort(), lc.pop3Port(), smtp, pop3)
+	}
+	set, err := parseLabConfig([]byte("ports:\n  smtp: 0\n  pop3: 1110\n"), "lab.yaml", "")
+	if err != nil || set.smtpPort() != 0 || set.pop3Port() != 1110 {
+		t.Errorf("configured ports: %v, %v", set, err)
+	}
 }
 
 func TestLabConfigErrors(t *testing.T) {
@@ -242,5 +254,43 @@ $ORIGIN 127.in-addr.arpa.
 		if got := z.reverseName(ip); got != want {
 			t.Errorf("reverseName(%q) = %q, want %q", ip, got, want)
 		}
+	}
+}
+
+// mta lab status prints each attempt's route: hosts skipped and why, hosts
+// that failed with their reply or dial error, and the host that took it,
+// with the time each attempt started.
+func TestLabStatusText(t *testing.T) {
+	ended := time.Date(2030, 1, 2, 3, 4, 5, 0, time.Local)
+	m := &spool.Message{ID: "m1", Retired: true, Envelope: spool.Envelope{Sender: "student@lab.test", Arrival: ended.Add(-time.Minute),
+		Recipients: []spool.Recipient{
+			{Addr: "a@refused.test", State: spool.Delivered, Attempts: []spool.Attempt{{
+				Time: ended, Duration: 1500 * time.Millisecond, Host: "mx2.refused.test", IP: "127.0.0.22", Phase: "data", Code: 250, Enhanced: "2.0.0", Text: "OK: queued",
+				Route: []spool.RouteStep{
+					{Host: "mx0.refused.test", Phase: "skip", Text: "host does not exist (NXDOMAIN)"},
+					{Host: "mx1.refused.test", IP: "127.0.0.21", Phase: "dial", Enhanced: "4.4.1", Text: "connect: connection refused"},
+					{Host: "mx2.refused.test", IP: "127.0.0.22", Phase: "data", Code: 250, Enhanced: "2.0.0", Text: "OK: queued"},
+				}}}},
+			{Addr: "b@nullmx.test", State: spool.Failed, Attempts: []spool.Attempt{{
+				Time: ended, Host: "nullmx.test", Phase: "dns", Enhanced: "5.1.10", Text: "domain accepts no mail (null MX, RFC 7505)",
+				Route: []spool.RouteStep{{Host: "nullmx.test", Phase: "dns", Enhanced: "5.1.10", Text: "domain accepts no mail (null MX, RFC 7505)"}}}}},
+		}}}
+	st := labStatus{Lab: &labInfo{DNS: "127.0.0.1:5300", Relay: []string{"127.0.0.1:2525"}}, Messages: []labMessage{newLabMessage(m)}}
+	var b bytes.Buffer
+	st.print(&b, ended)
+	want := `lab: DNS 127.0.0.1:5300, MTA relay 127.0.0.1:2525
+
+message m1 from student@lab.test, arrived 03:03:05, finished
+  to <a@refused.test>: delivered, taken by mx2.refused.test [127.0.0.22]
+    attempt 1 at 03:04:03.500, took 1500ms:
+      1. mx0.refused.test  skipped: host does not exist (NXDOMAIN)
+      2. mx1.refused.test [127.0.0.21]  dial: connect: connection refused (4.4.1)
+      3. mx2.refused.test [127.0.0.22]  data: 250 2.0.0 OK: queued  <- took it
+  to <b@nullmx.test>: failed, domain accepts no mail (null MX, RFC 7505) (5.1.10)
+    attempt 1 at 03:04:05.000, took 0ms:
+      1. nullmx.test  dns: domain accepts no mail (null MX, RFC 7505) (5.1.10)
+`
+	if b.String() != want {
+		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
 	}
 }
