@@ -185,6 +185,22 @@ func checkReceived(t *testing.T, got, want received, date string) {
 
 func unfold(s string) string { return strings.ReplaceAll(s, "\r\n", "") }
 
+// RFC 5321 gives "for" one path; a host that lists several keeps them all.
+func TestParseReceivedForList(t *testing.T) {
+	for raw, want := range map[string]string{
+		"by b.example id 1 for <a@x.example>, <b@x.example>; 3 Sep 2024 10:00:00 +0000":               "a@x.example, b@x.example",
+		"by b.example id 1 for <a@x.example>,<b@x.example> ,<c@x.example>; 3 Sep 2024 10:00:00 +0000": "a@x.example, b@x.example, c@x.example",
+		"by b.example id 1 for a@x.example, b@x.example; 3 Sep 2024 10:00:00 +0000":                   "a@x.example, b@x.example",
+		"by b.example for <a@x.example> tls x id 1; 3 Sep 2024 10:00:00 +0000":                        "a@x.example",
+		"by b.example for <a@x.example>, with ESMTP; 3 Sep 2024 10:00:00 +0000":                       "a@x.example",
+	} {
+		r := parseReceived(raw)
+		if r.Malformed != "" || r.For != want || r.By != "b.example" {
+			t.Errorf("%q: for %q (by %q, malformed %q), want %q", raw, r.For, r.By, r.Malformed, want)
+		}
+	}
+}
+
 func TestParseReceivedMalformed(t *testing.T) {
 	tests := []struct{ name, raw, why string }{
 		{"empty", "", "no ';' and date"},
