@@ -352,10 +352,16 @@ func (h *Host) keep(m Message, remote string) {
 		}
 		seen = name + " " + seen
 	}
+	// RFC 5321 §4.4 gives "for" one path: like Postfix, name the recipient
+	// only when there is one.
+	rcpt := ""
+	if len(m.To) == 1 {
+		rcpt = "\r\n\tfor <" + m.To[0] + ">"
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "Return-Path: <%s>\r\n", m.From)
-	fmt.Fprintf(&b, "Received: from %s (%s)\r\n\tby %s with %s id %d\r\n\tfor <%s>; %s\r\n",
-		m.EHLO, seen, domain, with, m.ID, strings.Join(m.To, ">, <"), m.Received.Format(time.RFC1123Z))
+	fmt.Fprintf(&b, "Received: from %s (%s)\r\n\tby %s with %s id %d%s; %s\r\n",
+		m.EHLO, seen, domain, with, m.ID, rcpt, m.Received.Format(time.RFC1123Z))
 	box.Append(append([]byte(b.String()), m.Data...))
 }
 

@@ -104,6 +104,13 @@ func TestHostFillsMailbox(t *testing.T) {
 			t.Errorf("mailbox message lacks %q:\n%s", want, d)
 		}
 	}
+	// Two recipients: no "for" clause (RFC 5321 gives it one path).
+	if err := send(dial(t, h), "a@x.test", []string{"b@y.test", "c@y.test"}, "Subject: two\r\n\r\nbody\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if msgs = mb.List(); len(msgs) != 2 || !strings.Contains(string(msgs[1].Data), "\tby mx1.lab.test with ESMTP id 2; ") {
+		t.Errorf("mailbox %q, want a second message without a for clause", msgs)
+	}
 }
 
 // With ReverseName the Received field says what the host saw, as Postfix
