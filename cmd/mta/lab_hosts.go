@@ -140,6 +140,9 @@ func (l *lab) closeHostsNow() {
 }
 
 func portHint(err error, key string) string {
+	if errors.Is(err, syscall.EADDRINUSE) && key == "dns" {
+		return " (another lab running? set dns in the lab config)"
+	}
 	if errors.Is(err, syscall.EADDRINUSE) {
 		return " (another server holds the port on every address? set " + key + " in the lab config)"
 	}

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -455,5 +457,22 @@ func TestLabOwnZone(t *testing.T) {
 			t.Parallel()
 			checkLabScenario(t, info, dir, tc)
 		})
+	}
+}
+
+// A second lab in the same directory is refused with a clear message, and
+// leaves the running lab's lab.json (which `mta lab status` reads) alone.
+func TestLabAlreadyRunning(t *testing.T) {
+	info, dir := startTestLab(t)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // ends a second lab that wrongly started
+	defer cancel()
+	var out, errb bytes.Buffer
+	err := run(ctx, []string{"mta", "lab", "--dir", dir, "--config", labTestConfig(t)}, Stdio{In: strings.NewReader(""), Out: &out, Err: &errb})
+	var ee *exitError
+	if !errors.As(err, &ee) || !strings.Contains(ee.msg, "a lab is already running in "+dir) {
+		t.Errorf("second lab: %v\n%s", err, errb.String())
+	}
+	if st := labStatusOf(t, dir); st.Lab == nil || st.Lab.PID != info.PID || st.Lab.DNS != info.DNS {
+		t.Errorf("after the second lab, lab status finds %+v, want the first lab", st.Lab)
 	}
 }
