@@ -193,6 +193,15 @@ func TestLabStatusWithoutALab(t *testing.T) {
 	if !errors.As(err, &ee) || ee.code != exitTempFail || !strings.Contains(ee.msg, "no lab is running in") {
 		t.Errorf("lab status without a lab: %v", err)
 	}
+	// A lab killed without Ctrl-C leaves its lab.json; nothing answers.
+	dir := t.TempDir()
+	if err := writeLabInfo(filepath.Join(dir, labInfoFile), &labInfo{PID: 4242, Admin: filepath.Join(dir, adminSocket)}); err != nil {
+		t.Fatal(err)
+	}
+	err = run(t.Context(), []string{"mta", "lab", "status", "--dir", dir}, Stdio{Out: &out, Err: &errb})
+	if !errors.As(err, &ee) || ee.code != exitTempFail || ee.msg != "the lab in "+dir+" (pid 4242) does not answer: it was stopped without Ctrl-C (start it again)" {
+		t.Errorf("lab status of a killed lab: %v", err)
+	}
 	out.Reset()
 	if err := run(t.Context(), []string{"mta", "lab", "--help"}, Stdio{Out: &out, Err: &errb}); err != nil {
 		t.Fatal(err)

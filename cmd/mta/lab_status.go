@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"mta/spool"
@@ -36,6 +37,9 @@ func runLabStatus(ctx context.Context, args []string, stdio Stdio) error {
 		return exitf(exitTempFail, "%v", err)
 	}
 	msgs, err := labMessages(ctx, info.Admin, *limit)
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
+		return exitf(exitTempFail, "the lab in %s (pid %d) does not answer: it was stopped without Ctrl-C (start it again)", filepath.Dir(info.Admin), info.PID)
+	}
 	if err != nil {
 		return exitf(exitTempFail, "%v", err)
 	}
