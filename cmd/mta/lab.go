@@ -59,13 +59,22 @@ func runLab(ctx context.Context, args []string, stdio Stdio) error {
 	if err != nil {
 		return exitf(exitConfig, "%v", err)
 	}
-	zone := labZone
+	zone, zoneName := labZone, "lab.zone (built in)"
 	if *zoneFile != "" {
 		data, err := os.ReadFile(*zoneFile)
 		if err != nil {
 			return exitf(exitConfig, "%v", err)
 		}
-		zone = string(data)
+		zone, zoneName = string(data), *zoneFile
+	}
+	// The zone and the hosts lab.yaml names are the user's to fix: say so
+	// before anything starts.
+	z, err := newLabZoneView(zone)
+	if err != nil {
+		return exitf(exitConfig, "%s: %v", zoneName, err)
+	}
+	if _, _, err := labHosts(z, lc.Hosts, listenerAddrs(lc.Daemon)); err != nil {
+		return exitf(exitConfig, "%v", err)
 	}
 	l, err := startLab(ctx, labOptions{Config: lc, Zone: zone, Dir: *dir, Log: stdio.Err})
 	if err != nil {

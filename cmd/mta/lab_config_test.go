@@ -303,3 +303,34 @@ message m1 from student@lab.test, arrived 03:03:05, finished
 		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
 	}
 }
+
+// A zone or lab.yaml that does not fit is the user's to fix: exit 78
+// (EX_CONFIG) with the file and what is wrong, before anything starts.
+func TestLabStartErrors(t *testing.T) {
+	dir := t.TempDir()
+	badZone := filepath.Join(dir, "bad.zone")
+	writeFile(t, badZone, "$ORIGIN test.\nfoo IN MX ten bar\n")
+	missing := filepath.Join(dir, "missing.yaml")
+	writeFile(t, missing, "hosts:\n  mx.missing.test:\n    behaviour: refuse\n")
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"zone syntax", []string{"--zone", badZone}, badZone + `: zone: dns: bad MX Pref: "ten" at line: 2:14`},
+		{"zone file missing", []string{"--zone", filepath.Join(dir, "none.zone")}, "no such file"},
+		{"host not in the zone", []string{"--config", missing}, "lab config: hosts.mx.missing.test: the zone gives it no address"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			err := run(t.Context(), append([]string{"mta", "lab", "--dir", t.TempDir()}, tc.args...), Stdio{Out: &out, Err: &errb})
+			var ee *exitError
+			if !errors.As(err, &ee) || ee.code != exitConfig || !strings.Contains(ee.msg, tc.want) {
+				t.Errorf("got %v, want exit %d with %q", err, exitConfig, tc.want)
+			}
+			if out.Len() != 0 {
+				t.Errorf("printed %q: nothing should have started", out.String())
+			}
+		})
+	}
+}
