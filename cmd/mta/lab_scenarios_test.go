@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -76,6 +77,7 @@ func checkLabScenarios(t *testing.T, info *labInfo, dir string) {
 		"submission_with_AUTH":    testLabSubmission,
 		"status_text_and_trace":   testLabStatusAndTrace,
 		"DNS_answers_as_shown":    testLabDNS,
+		"sent_as_the_README_does": testLabREADMESend,
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
@@ -164,6 +166,52 @@ func testLabSubmission(t *testing.T, info *labInfo, dir string) {
 		if !strings.Contains(msg, "with ESMTPSA") {
 			t.Errorf("%s: our Received header does not say ESMTPSA:\n%s", l.addr, msg)
 		}
+	}
+}
+
+// testLabREADMESend sends as the README's walkthrough does: swaks to the
+// refusing domain, Python's smtplib to the null-MX one (each skipped when
+// absent), and checks where the mail went.
+func testLabREADMESend(t *testing.T, info *labInfo, dir string) {
+	host, port, _ := strings.Cut(info.Relay[0], ":")
+	queued := regexp.MustCompile(`queued as (\w+)`)
+	if swaks, err := exec.LookPath("swaks"); err != nil {
+		t.Logf("swaks absent: %v", err)
+	} else {
+		out, err := exec.CommandContext(t.Context(), swaks, "--server", info.Relay[0], "--from", "student@lab.test",
+			"--to", "swaks@refused.test", "--header", "Subject: watch the fallback").CombinedOutput()
+		m := queued.FindSubmatch(out)
+		if err != nil || m == nil {
+			t.Fatalf("swaks: %v\n%s", err, out)
+		}
+		r := waitLabMessage(t, dir, string(m[1]), true).Recipients[0]
+		if r.State != "delivered" || r.TakenBy != "mx2.refused.test" {
+			t.Errorf("swaks's message: %s, taken by %q; want delivered by mx2.refused.test", r.State, r.TakenBy)
+		}
+	}
+	const python = "/usr/bin/python3"
+	if _, err := os.Stat(python); err != nil {
+		t.Logf("%s absent: %v", python, err)
+		return
+	}
+	// sendmail as in the README, but by its steps, to read the queue ID
+	// in the reply to the final dot.
+	const script = `import smtplib, sys
+s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]))
+s.ehlo()
+s.mail("student@lab.test")
+s.rcpt("py@nullmx.test")
+print(s.data("From: student@lab.test\r\nTo: py@nullmx.test\r\nSubject: nobody home\r\n\r\nhi\r\n")[1].decode())
+s.quit()
+`
+	out, err := exec.CommandContext(t.Context(), python, "-c", script, host, port).CombinedOutput()
+	m := queued.FindSubmatch(out)
+	if err != nil || m == nil {
+		t.Fatalf("smtplib: %v\n%s", err, out)
+	}
+	r := waitLabMessage(t, dir, string(m[1]), true).Recipients[0]
+	if r.State != "failed" || len(r.Attempts) != 1 || r.Attempts[0].Outcome.Enhanced != "5.1.10" {
+		t.Errorf("smtplib's message: %+v; want failed at once with 5.1.10", r)
 	}
 }
 
