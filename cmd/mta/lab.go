@@ -59,13 +59,22 @@ func runLab(ctx context.Context, args []string, stdio Stdio) error {
 	if err != nil {
 		return exitf(exitConfig, "%v", err)
 	}
-	zone := labZone
+	zone, zoneName := labZone, "lab.zone (built in)"
 	if *zoneFile != "" {
 		data, err := os.ReadFile(*zoneFile)
 		if err != nil {
 			return exitf(exitConfig, "%v", err)
 		}
-		zone = string(data)
+		zone, zoneName = string(data), *zoneFile
+	}
+	// The zone and the hosts lab.yaml names are the user's to fix: say so
+	// before anything starts.
+	z, err := newLabZoneView(zone)
+	if err != nil {
+		return exitf(exitConfig, "%s: %v", zoneName, err)
+	}
+	if _, _, err := labHosts(z, lc.Hosts, listenerAddrs(lc.Daemon)); err != nil {
+		return exitf(exitConfig, "%v", err)
 	}
 	l, err := startLab(ctx, labOptions{Config: lc, Zone: zone, Dir: *dir, Log: stdio.Err})
 	if err != nil {
@@ -97,6 +106,7 @@ type lab struct {
 	dirs   labDirs
 
 	hostsClosed sync.Once
+	wroteInfo   bool // lab.json is ours to remove
 }
 
 // labHost is one running lab host.
@@ -124,6 +134,9 @@ func startLab(ctx context.Context, o labOptions) (*lab, error) {
 	if l.dirs, err = newLabDirs(o.Dir); err != nil {
 		return nil, err
 	}
+	if err := noLabRunning(l.dirs.runtime); err != nil {
+		return nil, err
+	}
 	z, err := newLabZoneView(o.Zone)
 	if err != nil {
 		return nil, err
@@ -134,9 +147,9 @@ func startLab(ctx context.Context, o labOptions) (*lab, error) {
 	}
 	l.notes = notes
 	if l.dns, err = peer.NewDNS(peer.DNSOptions{Addr: o.Config.DNS, Zone: o.Zone}); err != nil {
-		return nil, fmt.Errorf("dns: %w", err)
+		return nil, fmt.Errorf("dns: %w%s", err, portHint(err, "dns"))
 	}
-	smtpPort, err := l.startHosts(specs, o.Config.smtpPort())
+	smtpPort, err := l.startHosts(specs, o.Config.smtpPort(), z.reverseName)
 	if err != nil {
 		return nil, err
 	}
@@ -151,6 +164,7 @@ func startLab(ctx context.Context, o labOptions) (*lab, error) {
 		return nil, err
 	}
 	l.info = l.describe(o.Config, smtpPort, pop3Port)
+	l.wroteInfo = true // even half written, it is ours
 	if err := writeLabInfo(filepath.Join(l.dirs.runtime, labInfoFile), &l.info); err != nil {
 		return nil, err
 	}
@@ -195,12 +209,29 @@ func (l *lab) close() {
 	if l.dns != nil {
 		_ = l.dns.Close()
 	}
-	if l.dirs.runtime != "" {
-		_ = os.Remove(filepath.Join(l.dirs.runtime, labInfoFile)) // may not have been written
+	if l.wroteInfo {
+		_ = os.Remove(filepath.Join(l.dirs.runtime, labInfoFile)) // may be half written: gone either way
 	}
 	if l.dirs.tmpState {
 		_ = os.RemoveAll(l.dirs.state) // a temporary directory: nothing to keep
 	}
+}
+
+// noLabRunning fails when the lab.json in dir belongs to a lab whose
+// admin socket answers: two labs cannot share a runtime directory, and
+// the second must not take the first's lab.json away. A lab.json nobody
+// answers for was left by a lab that was killed; it is replaced.
+func noLabRunning(dir string) error {
+	info, err := readLabInfo(filepath.Join(dir, labInfoFile))
+	if err != nil {
+		return nil // none, or unreadable: this lab writes its own
+	}
+	c, err := net.DialTimeout("unix", info.Admin, time.Second)
+	if err != nil {
+		return nil
+	}
+	_ = c.Close() // only asked whether it answers
+	return fmt.Errorf("a lab is already running in %s (pid %d, DNS %s): stop it first, or start this one with its own --dir and ports", dir, info.PID, info.DNS)
 }
 
 // listenerAddrs are the IP addresses the MTA listens on.

@@ -51,6 +51,18 @@ func TestLabShippedConfig(t *testing.T) {
 	if err != nil || built.Hosts["mx1.hang.test"].Hang != "greeting" {
 		t.Errorf("built-in config: %+v, %v", built, err)
 	}
+	// ports: left out, the standard ports as root, else high ones.
+	smtp, pop3 := 2500, 1100
+	if os.Geteuid() == 0 {
+		smtp, pop3 = 25, 110
+	}
+	if lc.smtpPort() != smtp || lc.pop3Port() != pop3 {
+		t.Errorf("default ports %d, %d; want %d, %d", lc.smtpPort(), lc.pop3Port(), smtp, pop3)
+	}
+	set, err := parseLabConfig([]byte("ports:\n  smtp: 0\n  pop3: 1110\n"), "lab.yaml", "")
+	if err != nil || set.smtpPort() != 0 || set.pop3Port() != 1110 {
+		t.Errorf("configured ports: %v, %v", set, err)
+	}
 }
 
 func TestLabConfigErrors(t *testing.T) {
@@ -181,6 +193,15 @@ func TestLabStatusWithoutALab(t *testing.T) {
 	if !errors.As(err, &ee) || ee.code != exitTempFail || !strings.Contains(ee.msg, "no lab is running in") {
 		t.Errorf("lab status without a lab: %v", err)
 	}
+	// A lab killed without Ctrl-C leaves its lab.json; nothing answers.
+	dir := t.TempDir()
+	if err := writeLabInfo(filepath.Join(dir, labInfoFile), &labInfo{PID: 4242, Admin: filepath.Join(dir, adminSocket)}); err != nil {
+		t.Fatal(err)
+	}
+	err = run(t.Context(), []string{"mta", "lab", "status", "--dir", dir}, Stdio{Out: &out, Err: &errb})
+	if !errors.As(err, &ee) || ee.code != exitTempFail || ee.msg != "the lab in "+dir+" (pid 4242) does not answer: it was stopped without Ctrl-C (start it again)" {
+		t.Errorf("lab status of a killed lab: %v", err)
+	}
 	out.Reset()
 	if err := run(t.Context(), []string{"mta", "lab", "--help"}, Stdio{Out: &out, Err: &errb}); err != nil {
 		t.Fatal(err)
@@ -214,5 +235,102 @@ func TestQueueShowPrintsTheRoute(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("queue show lacks %q:\n%s", want, b.String())
 		}
+	}
+}
+
+// Lab hosts name their clients as a receiving MTA would: by the zone's PTR
+// record, when the name it gives leads back to the address.
+func TestLabReverseName(t *testing.T) {
+	z, err := newLabZoneView(labZone + `
+$ORIGIN 127.in-addr.arpa.
+250.0.0  IN PTR  liar.test.
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ip, want := range map[string]string{
+		"127.0.0.1":          "mta.lab.test",
+		"127.0.0.22":         "mx2.refused.test",
+		"::ffff:127.0.0.22":  "mx2.refused.test", // as a dual-stack socket reports it
+		"127.0.0.250":        "",                 // the PTR name has no address
+		"127.0.0.99":         "",                 // no PTR record
+		"not an address":     "",
+		"2001:db8::1":        "",
+		"127.0.0.61":         "implicit.test",
+		"127.0.0.101":        "mx.picky.test",
+		"127.0.0.1%loopback": "",
+	} {
+		if got := z.reverseName(ip); got != want {
+			t.Errorf("reverseName(%q) = %q, want %q", ip, got, want)
+		}
+	}
+}
+
+// mta lab status prints each attempt's route: hosts skipped and why, hosts
+// that failed with their reply or dial error, and the host that took it,
+// with the time each attempt started.
+func TestLabStatusText(t *testing.T) {
+	ended := time.Date(2030, 1, 2, 3, 4, 5, 0, time.Local)
+	m := &spool.Message{ID: "m1", Retired: true, Envelope: spool.Envelope{Sender: "student@lab.test", Arrival: ended.Add(-time.Minute),
+		Recipients: []spool.Recipient{
+			{Addr: "a@refused.test", State: spool.Delivered, Attempts: []spool.Attempt{{
+				Time: ended, Duration: 1500 * time.Millisecond, Host: "mx2.refused.test", IP: "127.0.0.22", Phase: "data", Code: 250, Enhanced: "2.0.0", Text: "OK: queued",
+				Route: []spool.RouteStep{
+					{Host: "mx0.refused.test", Phase: "skip", Text: "host does not exist (NXDOMAIN)"},
+					{Host: "mx1.refused.test", IP: "127.0.0.21", Phase: "dial", Enhanced: "4.4.1", Text: "connect: connection refused"},
+					{Host: "mx2.refused.test", IP: "127.0.0.22", Phase: "data", Code: 250, Enhanced: "2.0.0", Text: "OK: queued"},
+				}}}},
+			{Addr: "b@nullmx.test", State: spool.Failed, Attempts: []spool.Attempt{{
+				Time: ended, Host: "nullmx.test", Phase: "dns", Enhanced: "5.1.10", Text: "domain accepts no mail (null MX, RFC 7505)",
+				Route: []spool.RouteStep{{Host: "nullmx.test", Phase: "dns", Enhanced: "5.1.10", Text: "domain accepts no mail (null MX, RFC 7505)"}}}}},
+		}}}
+	st := labStatus{Lab: &labInfo{DNS: "127.0.0.1:5300", Relay: []string{"127.0.0.1:2525"}}, Messages: []labMessage{newLabMessage(m)}}
+	var b bytes.Buffer
+	st.print(&b, ended)
+	want := `lab: DNS 127.0.0.1:5300, MTA relay 127.0.0.1:2525
+
+message m1 from student@lab.test, arrived 03:03:05, finished
+  to <a@refused.test>: delivered, taken by mx2.refused.test [127.0.0.22]
+    attempt 1 at 03:04:03.500, took 1500ms:
+      1. mx0.refused.test  skipped: host does not exist (NXDOMAIN)
+      2. mx1.refused.test [127.0.0.21]  dial: connect: connection refused (4.4.1)
+      3. mx2.refused.test [127.0.0.22]  data: 250 2.0.0 OK: queued  <- took it
+  to <b@nullmx.test>: failed, domain accepts no mail (null MX, RFC 7505) (5.1.10)
+    attempt 1 at 03:04:05.000, took 0ms:
+      1. nullmx.test  dns: domain accepts no mail (null MX, RFC 7505) (5.1.10)
+`
+	if b.String() != want {
+		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
+// A zone or lab.yaml that does not fit is the user's to fix: exit 78
+// (EX_CONFIG) with the file and what is wrong, before anything starts.
+func TestLabStartErrors(t *testing.T) {
+	dir := t.TempDir()
+	badZone := filepath.Join(dir, "bad.zone")
+	writeFile(t, badZone, "$ORIGIN test.\nfoo IN MX ten bar\n")
+	missing := filepath.Join(dir, "missing.yaml")
+	writeFile(t, missing, "hosts:\n  mx.missing.test:\n    behaviour: refuse\n")
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"zone syntax", []string{"--zone", badZone}, badZone + `: zone: dns: bad MX Pref: "ten" at line: 2:14`},
+		{"zone file missing", []string{"--zone", filepath.Join(dir, "none.zone")}, "no such file"},
+		{"host not in the zone", []string{"--config", missing}, "lab config: hosts.mx.missing.test: the zone gives it no address"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			err := run(t.Context(), append([]string{"mta", "lab", "--dir", t.TempDir()}, tc.args...), Stdio{Out: &out, Err: &errb})
+			var ee *exitError
+			if !errors.As(err, &ee) || ee.code != exitConfig || !strings.Contains(ee.msg, tc.want) {
+				t.Errorf("got %v, want exit %d with %q", err, exitConfig, tc.want)
+			}
+			if out.Len() != 0 {
+				t.Errorf("printed %q: nothing should have started", out.String())
+			}
+		})
 	}
 }

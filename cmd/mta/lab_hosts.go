@@ -20,10 +20,11 @@ const maxPortTries = 20
 
 // startHosts starts an SMTP host with its mailbox on every lab address, all
 // on one port: port, or with 0 one free on every address. A refusing host
-// listens nowhere. It returns the port.
-func (l *lab) startHosts(specs []labHostSpec, port int) (int, error) {
+// listens nowhere. rdns names clients in the hosts' Received fields. It
+// returns the port.
+func (l *lab) startHosts(specs []labHostSpec, port int, rdns func(ip string) string) (int, error) {
 	for try := 1; ; try++ {
-		p, err := l.tryHosts(specs, port)
+		p, err := l.tryHosts(specs, port, rdns)
 		if err == nil {
 			slices.SortFunc(l.hosts, func(a, b *labHost) int { return a.Addr.Compare(b.Addr) })
 			return p, nil
@@ -36,11 +37,12 @@ func (l *lab) startHosts(specs []labHostSpec, port int) (int, error) {
 	}
 }
 
-func (l *lab) tryHosts(specs []labHostSpec, port int) (int, error) {
+func (l *lab) tryHosts(specs []labHostSpec, port int, rdns func(ip string) string) (int, error) {
 	// A refusing host cannot choose the port: start the listening ones first.
 	for _, refusing := range []bool{false, true} {
 		for _, s := range specs {
 			b := s.behaviour()
+			b.ReverseName = rdns
 			if b.Refuse != refusing {
 				continue
 			}
@@ -136,6 +138,9 @@ func (l *lab) closeHostsNow() {
 }
 
 func portHint(err error, key string) string {
+	if errors.Is(err, syscall.EADDRINUSE) && key == "dns" {
+		return " (another lab running? set dns in the lab config)"
+	}
 	if errors.Is(err, syscall.EADDRINUSE) {
 		return " (another server holds the port on every address? set " + key + " in the lab config)"
 	}

@@ -16,17 +16,18 @@ import (
 // prints it at start and keeps it in lab.json beside its admin socket, for
 // `mta lab status` and scripts.
 type labInfo struct {
-	PID        int           `json:"pid"`
-	DNS        string        `json:"dns"`
-	Relay      []string      `json:"relay"`
-	Submission []string      `json:"submission"`
-	Submit     string        `json:"submit_socket"`
-	Admin      string        `json:"admin_socket"`
-	StateDir   string        `json:"state_dir"`
-	Hostname   string        `json:"hostname"`
-	User       string        `json:"submission_user"`
-	Password   string        `json:"password"` // the lab's; a lab is no secret
-	Hosts      []labHostInfo `json:"hosts"`
+	PID         int           `json:"pid"`
+	DNS         string        `json:"dns"`
+	Relay       []string      `json:"relay"`
+	Submission  []string      `json:"submission"`
+	Submissions []string      `json:"submissions,omitempty"` // implicit TLS
+	Submit      string        `json:"submit_socket"`
+	Admin       string        `json:"admin_socket"`
+	StateDir    string        `json:"state_dir"`
+	Hostname    string        `json:"hostname"`
+	User        string        `json:"submission_user"`
+	Password    string        `json:"password"` // the lab's; a lab is no secret
+	Hosts       []labHostInfo `json:"hosts"`
 }
 
 // labHostInfo is one lab host.
@@ -43,7 +44,8 @@ func (l *lab) describe(lc *labConfig, smtpPort, pop3Port int) labInfo {
 	info := labInfo{
 		PID: os.Getpid(), DNS: l.dns.Addr(),
 		Relay: splitListenOn(d.listenOn, "relay"), Submission: splitListenOn(d.listenOn, "submission"),
-		Submit: filepath.Join(l.dirs.runtime, submitSocket), Admin: filepath.Join(l.dirs.runtime, adminSocket),
+		Submissions: splitListenOn(d.listenOn, "submissions"),
+		Submit:      filepath.Join(l.dirs.runtime, submitSocket), Admin: filepath.Join(l.dirs.runtime, adminSocket),
 		StateDir: l.dirs.state, Hostname: d.cfg.Hostname, User: labSubmitUser, Password: lc.POP3Password,
 	}
 	for _, h := range l.hosts {
@@ -67,6 +69,9 @@ func (i *labInfo) print(w io.Writer, notes []string) {
 	}
 	for _, a := range i.Submission {
 		fmt.Fprintf(w, "  submission  %s    STARTTLS, then AUTH %s / %s (sender @lab.test)\n", a, i.User, i.Password)
+	}
+	for _, a := range i.Submissions {
+		fmt.Fprintf(w, "  submissions %s    TLS from the start, then AUTH %s / %s\n", a, i.User, i.Password)
 	}
 	fmt.Fprintf(w, "  admin       %s\n", i.Admin)
 	fmt.Fprintf(w, "  state       %s\n\n", i.StateDir)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"mta/spool"
@@ -36,6 +37,9 @@ func runLabStatus(ctx context.Context, args []string, stdio Stdio) error {
 		return exitf(exitTempFail, "%v", err)
 	}
 	msgs, err := labMessages(ctx, info.Admin, *limit)
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
+		return exitf(exitTempFail, "the lab in %s (pid %d) does not answer: it was stopped without Ctrl-C (start it again)", filepath.Dir(info.Admin), info.PID)
+	}
 	if err != nil {
 		return exitf(exitTempFail, "%v", err)
 	}
@@ -148,8 +152,11 @@ type labRcpt struct {
 }
 
 // labAttempt is one attempt: its route, step by step, and its outcome.
+// The spool records an attempt when it ends; a student watching wants to
+// see when it began (a hanging host shows as a gap before the end).
 type labAttempt struct {
-	Time       time.Time `json:"time"`
+	Started    time.Time `json:"started"`
+	Ended      time.Time `json:"ended"`
 	DurationMS int64     `json:"duration_ms"`
 	Route      []labStep `json:"route"`
 	Outcome    labStep   `json:"outcome"`
@@ -179,7 +186,7 @@ func newLabMessage(m *spool.Message) labMessage {
 			lr.NextAttempt = &next
 		}
 		for _, a := range r.Attempts {
-			la := labAttempt{Time: a.Time, DurationMS: a.Duration.Milliseconds(), Route: []labStep{},
+			la := labAttempt{Started: a.Time.Add(-a.Duration), Ended: a.Time, DurationMS: a.Duration.Milliseconds(), Route: []labStep{},
 				Outcome: labStep{Host: a.Host, IP: a.IP, Phase: a.Phase, Code: a.Code, Enhanced: a.Enhanced, Text: a.Text}}
 			for _, s := range a.Route {
 				la.Route = append(la.Route, labStep(s))
@@ -232,7 +239,7 @@ func (r *labRcpt) print(w io.Writer, now time.Time) {
 		fmt.Fprintln(w, "    not tried yet")
 	}
 	for i, a := range r.Attempts {
-		fmt.Fprintf(w, "    attempt %d at %s (%dms):\n", i+1, a.Time.Local().Format("15:04:05.000"), a.DurationMS)
+		fmt.Fprintf(w, "    attempt %d at %s, took %dms:\n", i+1, a.Started.Local().Format("15:04:05.000"), a.DurationMS)
 		route := a.Route
 		if len(route) == 0 { // a local decision, or recorded without its route
 			route = []labStep{a.Outcome}

@@ -38,7 +38,7 @@ func labTestConfig(t *testing.T) string {
 		{"session_timeout: 10s", "session_timeout: 1s"},
 		{"delay: 1s", "delay: 20ms"},
 		{"daemon:\n  delivery:\n    retry_min: 10s\n    retry_max: 1m",
-			"daemon:\n  listeners:\n    relay: [\"127.0.0.1:0\"]\n    submission: [\"127.0.0.1:0\"]\n  log:\n    level: warn\n" +
+			"daemon:\n  listeners:\n    relay: [\"127.0.0.1:0\"]\n    submission: [\"127.0.0.1:0\"]\n    submissions: [\"127.0.0.1:0\"]\n  log:\n    level: warn\n" +
 				"  delivery:\n    retry_min: 200ms\n    retry_max: 1s"},
 	} {
 		if !strings.Contains(s, r[0]) {
@@ -51,17 +51,21 @@ func labTestConfig(t *testing.T) string {
 	return path
 }
 
-// startTestLab runs `mta lab` in-process with the shipped zone and the
-// test config, until the test ends, and returns the lab's description and
-// its --dir.
-func startTestLab(t *testing.T) (*labInfo, string) {
+// startTestLab runs `mta lab` in-process until the test ends, with the
+// built-in zone and the test config, or with the args given (--zone,
+// --config), and returns the lab's description and its --dir.
+func startTestLab(t *testing.T, args ...string) (*labInfo, string) {
 	t.Helper()
 	dir := t.TempDir()
+	if len(args) == 0 {
+		args = []string{"--config", labTestConfig(t)}
+	}
+	args = append([]string{"mta", "lab", "--dir", dir}, args...)
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, logs testpeer.Buffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"mta", "lab", "--config", labTestConfig(t), "--dir", dir}, Stdio{In: strings.NewReader(""), Out: &out, Err: &logs})
+		done <- run(ctx, args, Stdio{In: strings.NewReader(""), Out: &out, Err: &logs})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -116,11 +120,22 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 // MTA's queue ID and the message's unique Message-ID.
 func labSend(t *testing.T, addr string, auth sasl.Client, rcpts ...string) (id, msgID string) {
 	t.Helper()
+	return labSendTLS(t, addr, auth, false, rcpts...)
+}
+
+// labSendTLS is labSend with AUTH after STARTTLS or, with implicit, over
+// TLS from the first byte (the submissions listener).
+func labSendTLS(t *testing.T, addr string, auth sasl.Client, implicit bool, rcpts ...string) (id, msgID string) {
+	t.Helper()
 	var c *smtp.Client
 	var err error
-	if auth != nil {
-		c, err = smtp.DialStartTLS(addr, &tls.Config{InsecureSkipVerify: true}) // the lab's self-signed certificate
-	} else {
+	tc := &tls.Config{InsecureSkipVerify: true} // the lab's self-signed certificate
+	switch {
+	case implicit:
+		c, err = smtp.DialTLS(addr, tc)
+	case auth != nil:
+		c, err = smtp.DialStartTLS(addr, tc)
+	default:
 		c, err = smtp.Dial(addr)
 	}
 	if err != nil {
@@ -160,11 +175,12 @@ func labSend(t *testing.T, addr string, auth sasl.Client, rcpts ...string) (id, 
 	return f[len(f)-1], msgID // "Ok: queued as ID"
 }
 
-// labStatusOf runs `mta lab status --json` in-process.
+// labStatusOf runs `mta lab status --json` in-process, for every message
+// the tests send.
 func labStatusOf(t *testing.T, dir string) labStatus {
 	t.Helper()
 	var out, errb bytes.Buffer
-	if err := run(t.Context(), []string{"mta", "lab", "status", "--json", "--dir", dir}, Stdio{Out: &out, Err: &errb}); err != nil {
+	if err := run(t.Context(), []string{"mta", "lab", "status", "--json", "--limit", "1000", "--dir", dir}, Stdio{Out: &out, Err: &errb}); err != nil {
 		t.Fatalf("lab status: %v\n%s", err, errb.String())
 	}
 	var st labStatus

@@ -25,7 +25,8 @@ type labHostSpec struct {
 type labZoneView struct {
 	addrs   map[string][]netip.Addr
 	cnames  map[string]string
-	targets []string // MX targets, in zone order, without duplicates
+	ptrs    map[string]string // reverse name ("1.0.0.127.in-addr.arpa") → PTR target
+	targets []string          // MX targets, in zone order, without duplicates
 }
 
 func newLabZoneView(text string) (*labZoneView, error) {
@@ -33,7 +34,7 @@ func newLabZoneView(text string) (*labZoneView, error) {
 	if err != nil {
 		return nil, err
 	}
-	z := &labZoneView{addrs: map[string][]netip.Addr{}, cnames: map[string]string{}}
+	z := &labZoneView{addrs: map[string][]netip.Addr{}, cnames: map[string]string{}, ptrs: map[string]string{}}
 	for _, rr := range rrs {
 		name := labName(rr.Header().Name)
 		switch r := rr.(type) {
@@ -47,6 +48,10 @@ func newLabZoneView(text string) (*labZoneView, error) {
 			}
 		case *dns.CNAME:
 			z.cnames[name] = labName(r.Target)
+		case *dns.PTR:
+			if _, ok := z.ptrs[name]; !ok {
+				z.ptrs[name] = labName(r.Ptr)
+			}
 		case *dns.MX:
 			if t := labName(r.Mx); t != "" && !slices.Contains(z.targets, t) {
 				z.targets = append(z.targets, t)
@@ -72,6 +77,26 @@ func (z *labZoneView) resolve(name string) []netip.Addr {
 		name = next
 	}
 	return nil // a CNAME loop or a long chain
+}
+
+// reverseName is what a receiving host's reverse lookup of ip finds in the
+// zone: the PTR name, when that name's addresses include ip (forward-
+// confirmed, as Postfix checks before it writes a name into Received);
+// else "".
+func (z *labZoneView) reverseName(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ""
+	}
+	rev, err := dns.ReverseAddr(a.Unmap().String())
+	if err != nil {
+		return ""
+	}
+	name := z.ptrs[labName(rev)]
+	if name == "" || !slices.Contains(z.resolve(name), a.Unmap()) {
+		return ""
+	}
+	return name
 }
 
 // labHosts finds the lab hosts: every loopback address of every MX target

@@ -110,6 +110,10 @@ func splitClauses(toks []token) []clause {
 			switch {
 			case cur >= 0 && out[cur].name != "" && len(out[cur].values) == 0 && len(out[cur].comments) == 0:
 				out[cur].values = append(out[cur].values, t.text)
+			case cur >= 0 && forList(out[cur], t.text):
+				if strings.Trim(t.text, ",") != "" {
+					out[cur].values = append(out[cur].values, t.text)
+				}
 			case cur >= 0 && multiWord(out[cur]) && !isKeyword(lw):
 				out[cur].values = append(out[cur].values, t.text)
 			default:
@@ -125,6 +129,17 @@ func splitClauses(toks []token) []clause {
 		}
 	}
 	return out
+}
+
+// forList reports whether word goes on a for clause's list of addresses
+// ("for <a@x>, <b@y>" or "for a@x, b@y"): RFC 5321 gives the clause one
+// path, but some hosts list every recipient. word is a comma, or follows
+// one.
+func forList(c clause, word string) bool {
+	if c.name != "for" || len(c.comments) > 0 || len(c.values) == 0 || isKeyword(strings.ToLower(word)) {
+		return false
+	}
+	return strings.Trim(word, ",") == "" || strings.HasPrefix(word, ",") || strings.HasSuffix(c.values[len(c.values)-1], ",")
 }
 
 // multiWord reports whether c still takes words: "with" and "via" values
@@ -202,7 +217,7 @@ func (r *received) fillClause(c clause, exim bool) {
 	case "for":
 		addrs := make([]string, 0, len(c.values))
 		for _, v := range c.values {
-			addrs = append(addrs, strings.TrimSuffix(strings.TrimPrefix(strings.TrimSuffix(v, ","), "<"), ">"))
+			addrs = append(addrs, strings.TrimSuffix(strings.TrimPrefix(strings.Trim(v, ","), "<"), ">"))
 		}
 		r.For = strings.Join(addrs, ", ")
 	}

@@ -185,6 +185,22 @@ func checkReceived(t *testing.T, got, want received, date string) {
 
 func unfold(s string) string { return strings.ReplaceAll(s, "\r\n", "") }
 
+// RFC 5321 gives "for" one path; a host that lists several keeps them all.
+func TestParseReceivedForList(t *testing.T) {
+	for raw, want := range map[string]string{
+		"by b.example id 1 for <a@x.example>, <b@x.example>; 3 Sep 2024 10:00:00 +0000":               "a@x.example, b@x.example",
+		"by b.example id 1 for <a@x.example>,<b@x.example> ,<c@x.example>; 3 Sep 2024 10:00:00 +0000": "a@x.example, b@x.example, c@x.example",
+		"by b.example id 1 for a@x.example, b@x.example; 3 Sep 2024 10:00:00 +0000":                   "a@x.example, b@x.example",
+		"by b.example for <a@x.example> tls x id 1; 3 Sep 2024 10:00:00 +0000":                        "a@x.example",
+		"by b.example for <a@x.example>, with ESMTP; 3 Sep 2024 10:00:00 +0000":                       "a@x.example",
+	} {
+		r := parseReceived(raw)
+		if r.Malformed != "" || r.For != want || r.By != "b.example" {
+			t.Errorf("%q: for %q (by %q, malformed %q), want %q", raw, r.For, r.By, r.Malformed, want)
+		}
+	}
+}
+
 func TestParseReceivedMalformed(t *testing.T) {
 	tests := []struct{ name, raw, why string }{
 		{"empty", "", "no ';' and date"},
@@ -256,7 +272,9 @@ func TestParseMailDate(t *testing.T) {
 
 // FuzzParseReceived feeds arbitrary field bodies to the parser. Whatever
 // comes in, it must not panic, must keep the raw text, must say why when it
-// has no readable date, and its hop must print and encode.
+// has no readable date, and its hop must print and encode. The same bytes
+// are also read as a whole message, as `mta trace` reads one, and as the
+// one Received field of a message.
 func FuzzParseReceived(f *testing.F) {
 	for _, c := range realWorldReceived {
 		f.Add(c.raw)
@@ -277,12 +295,36 @@ func FuzzParseReceived(f *testing.F) {
 		if err := printTrace(&b, hops); err != nil {
 			t.Fatal(err)
 		}
-		for _, c := range b.String() {
-			if c < ' ' && c != '\n' || c == 0x7f {
-				t.Fatalf("control character %q in table:\n%s", c, b.String())
+		checkPrintable(t, b.String())
+
+		fields, err := receivedFields(strings.NewReader(raw))
+		if err != nil {
+			t.Fatalf("read %q as a message: %v", raw, err)
+		}
+		b.Reset()
+		if err := printTrace(&b, traceHops(fields)); err != nil {
+			t.Fatal(err)
+		}
+		checkPrintable(t, b.String())
+
+		if !strings.ContainsAny(raw, "\r\n") {
+			fields, err := receivedFields(strings.NewReader("Received:" + raw + "\r\nSubject: x\r\n\r\nReceived: body\r\n"))
+			if err != nil || len(fields) != 1 || fields[0] != raw {
+				t.Fatalf("one Received field %q read as %q, %v", raw, fields, err)
 			}
 		}
 	})
+}
+
+// checkPrintable fails on control characters in a table: a header may
+// carry escape sequences, which must never reach the terminal.
+func checkPrintable(t *testing.T, table string) {
+	t.Helper()
+	for _, c := range table {
+		if c < ' ' && c != '\n' || c == 0x7f || c >= 0x80 && c < 0xa0 {
+			t.Fatalf("control character %q in table:\n%s", c, table)
+		}
+	}
 }
 
 func BenchmarkParseReceived(b *testing.B) {

@@ -11,8 +11,8 @@ import (
 
 // poplibScript drives the server with Python's poplib, an independent
 // client: login, STAT, LIST, UIDL, TOP, RETR (poplib undoes the
-// byte-stuffing), DELE + RSET, DELE + QUIT, a new session that must not
-// see the deleted message, and a wrong password.
+// byte-stuffing), NOOP, DELE + RSET, DELE + QUIT, a new session that must
+// not see the deleted message, and a wrong password.
 const poplibScript = `
 import json, poplib, sys
 host, port, user, pw = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -29,6 +29,7 @@ out["list2"] = p.list(2).decode()
 out["uidl"] = d(p.uidl()[1])
 out["top"] = d(p.top(1, 1)[1])
 out["retr"] = d(p.retr(1)[1])
+out["noop"] = p.noop().decode()
 p.dele(1)
 out["stat_after_dele"] = list(p.stat())
 p.rset()
@@ -82,6 +83,7 @@ func TestPOP3WithPythonPoplib(t *testing.T) {
 		"uidl":              []any{"1 " + p.uids[0], "2 " + p.uids[1], "3 " + p.uids[2]},
 		"top":               []any{"Subject: one", "From: a@example.test", "", "first line"},
 		"retr":              []any{"Subject: one", "From: a@example.test", "", "first line", ".hidden dot line", ".", "last"},
+		"noop":              "+OK",
 		"stat_after_dele":   []any{2.0, 56.0},
 		"stat_after_rset":   []any{3.0, 133.0},
 		"quit":              "+OK bye, 1 messages deleted",

@@ -109,6 +109,11 @@ type Behaviour struct {
 	AllowInsecureAuth bool
 	// Domain is the host's name in its greeting (default "peer.test").
 	Domain string
+	// ReverseName, when set, is asked for the client address's name (its
+	// reverse DNS) for the Received field of messages kept in the Mailbox,
+	// which then reads "from EHLO (NAME [IP])" as Postfix writes it, with
+	// "unknown" for "". Unset, the field has the address only.
+	ReverseName func(ip string) string
 }
 
 func (b Behaviour) check() error {
@@ -323,11 +328,12 @@ func (h *Host) SetMailbox(mb *Mailbox) {
 func (h *Host) keep(m Message, remote string) {
 	var box *Mailbox
 	var domain string
+	var rdns func(string) string
 	h.update(func() {
 		h.nextID++
 		m.ID = h.nextID
 		h.mailbox = append(h.mailbox, m)
-		box, domain = h.box, h.b.Domain
+		box, domain, rdns = h.box, h.b.Domain, h.b.ReverseName
 	})
 	if box == nil {
 		return
@@ -340,10 +346,24 @@ func (h *Host) keep(m Message, remote string) {
 		with = "ESMTPS"
 	}
 	ip, _, _ := net.SplitHostPort(remote)
+	seen := "[" + ip + "]"
+	if rdns != nil {
+		name := rdns(ip)
+		if name == "" {
+			name = "unknown"
+		}
+		seen = name + " " + seen
+	}
+	// RFC 5321 §4.4 gives "for" one path: like Postfix, name the recipient
+	// only when there is one.
+	rcpt := ""
+	if len(m.To) == 1 {
+		rcpt = "\r\n\tfor <" + m.To[0] + ">"
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "Return-Path: <%s>\r\n", m.From)
-	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n\tby %s with %s id %d\r\n\tfor <%s>; %s\r\n",
-		m.EHLO, ip, domain, with, m.ID, strings.Join(m.To, ">, <"), m.Received.Format(time.RFC1123Z))
+	fmt.Fprintf(&b, "Received: from %s (%s)\r\n\tby %s with %s id %d%s; %s\r\n",
+		m.EHLO, seen, domain, with, m.ID, rcpt, m.Received.Format(time.RFC1123Z))
 	box.Append(append([]byte(b.String()), m.Data...))
 }
 
@@ -406,6 +426,7 @@ type conn struct {
 
 	mu       sync.Mutex
 	readLast bool // the last operation was a read: the next write is a reply
+	midReply bool // the last write ended in a continuation line ("250-...")
 	cmds     commandLog
 }
 
@@ -421,17 +442,14 @@ func (c *conn) Read(p []byte) (int, error) {
 }
 
 func (c *conn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	reply := c.readLast
-	c.readLast = false
-	c.mu.Unlock()
+	start := c.replyStart(p)
 	if strings.HasPrefix(string(p), "354 ") {
 		c.h.update(func() { c.cmds.inData = true })
 	}
 	if c.b.NoPipelining && string(p) == "250-PIPELINING\r\n" {
 		return len(p), nil
 	}
-	if c.b.Delay > 0 && (reply || strings.HasPrefix(string(p), "220 ")) {
+	if c.b.Delay > 0 && start {
 		select {
 		case <-time.After(c.b.Delay):
 		case <-c.h.done:
@@ -441,6 +459,39 @@ func (c *conn) Write(p []byte) (int, error) {
 		return len(p), nil // go-smtp writes each EHLO line on its own
 	}
 	return c.Conn.Write(p)
+}
+
+// replyStart reports whether p begins a reply, for Delay: go-smtp writes
+// each reply line on its own, so a plain-text write begins a reply unless
+// the write before it ended in a continuation line ("250-8BITMIME"). That
+// holds for pipelined commands too, whose replies all follow one read.
+// Under TLS the lines cannot be seen: the first write after a read counts.
+func (c *conn) replyStart(p []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	afterRead := c.readLast
+	c.readLast = false
+	last, ok := lastReplyLine(p)
+	if !ok {
+		return afterRead
+	}
+	start := !c.midReply
+	c.midReply = last[3] == '-'
+	return start
+}
+
+// lastReplyLine is the last line of p when p is whole reply lines
+// ("250-a\r\n250 b\r\n"); false when p is anything else (TLS records).
+func lastReplyLine(p []byte) ([]byte, bool) {
+	body, ok := bytes.CutSuffix(p, []byte("\r\n"))
+	if !ok {
+		return nil, false
+	}
+	last := body[bytes.LastIndexByte(body, '\n')+1:]
+	if len(last) < 4 || !isDecimal(string(last[:3])) || (last[3] != ' ' && last[3] != '-') || !isDecimal(string(p[:min(3, len(p))])) {
+		return nil, false
+	}
+	return last, true
 }
 
 // commandLog records the command lines a connection reads into its

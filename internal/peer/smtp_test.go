@@ -104,6 +104,73 @@ func TestHostFillsMailbox(t *testing.T) {
 			t.Errorf("mailbox message lacks %q:\n%s", want, d)
 		}
 	}
+	// Two recipients: no "for" clause (RFC 5321 gives it one path).
+	if err := send(dial(t, h), "a@x.test", []string{"b@y.test", "c@y.test"}, "Subject: two\r\n\r\nbody\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if msgs = mb.List(); len(msgs) != 2 || !strings.Contains(string(msgs[1].Data), "\tby mx1.lab.test with ESMTP id 2; ") {
+		t.Errorf("mailbox %q, want a second message without a for clause", msgs)
+	}
+}
+
+// With ReverseName the Received field says what the host saw, as Postfix
+// writes it: the name reverse DNS gives, or "unknown".
+func TestHostFillsMailboxWithReverseName(t *testing.T) {
+	for _, tc := range []struct{ name, rdns, want string }{
+		{"named", "client.rdns.test", "Received: from client.test (client.rdns.test [127.0.0.1])\r\n\tby mx1.lab.test with ESMTP id 1\r\n"},
+		{"no name", "", "Received: from client.test (unknown [127.0.0.1])\r\n\tby mx1.lab.test with ESMTP id 1\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var asked []string
+			h := testpeer.NewSMTP(t, "127.0.0.2:0", peer.Behaviour{Domain: "mx1.lab.test", ReverseName: func(ip string) string {
+				asked = append(asked, ip) // one session at a time: no race
+				return tc.rdns
+			}})
+			mb := peer.NewMailbox()
+			h.SetMailbox(mb)
+			if err := send(dial(t, h), "a@x.test", []string{"b@y.test"}, "Subject: hi\r\n\r\nbody\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			msgs := mb.List()
+			if len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), tc.want) {
+				t.Fatalf("mailbox %q, want a message with %q", msgs, tc.want)
+			}
+			if len(asked) != 1 || asked[0] != "127.0.0.1" {
+				t.Errorf("ReverseName asked for %q, want the client's address once", asked)
+			}
+		})
+	}
+}
+
+// A slow host waits before every reply, also before each of the replies
+// to pipelined commands that arrive in one read. The bound is a floor,
+// never a ceiling: waits only add up.
+func TestHostSlowDelaysEveryReply(t *testing.T) {
+	const delay = 40 * time.Millisecond
+	h := testpeer.NewSMTP(t, "127.0.0.2:0", peer.Behaviour{Delay: delay})
+	conn, err := net.Dial("tcp", h.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tp := textproto.NewConn(conn)
+	if _, _, err := tp.ReadResponse(220); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	// One write: EHLO (a multi-line reply, waited for once), MAIL, two
+	// RCPTs and DATA: five replies.
+	if _, err := io.WriteString(conn, "EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []int{250, 250, 250, 250, 354} {
+		if _, msg, err := tp.ReadResponse(want); err != nil {
+			t.Fatalf("want %d: %v %s", want, err, msg)
+		}
+	}
+	if took := time.Since(start); took < 5*delay {
+		t.Errorf("five replies took %v, want at least 5 × %v", took, delay)
+	}
 }
 
 func TestHostScripts(t *testing.T) {
