@@ -18,12 +18,15 @@ package delivery
 //
 // Recipients left unresolved when the hosts or the budget (addresses,
 // completed sessions) run out take the last host's error, or the last
-// temporary one when a later host refused permanently (see finish).
+// temporary one when a later host refused permanently (see finish). A 5xx
+// greeting counts as temporary there (see fail): mail is never bounced
+// because every host greeted 5xx.
 
 import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"time"
 
 	"mta/internal/mailaddr"
@@ -145,9 +148,20 @@ func (a *attempt) finish() {
 	a.pending = nil
 }
 
-// fail notes a host-level failure.
+// fail notes a host-level failure. A 5xx greeting refuses us that host,
+// not the mail: it is recorded as answered, and counts for the recipients
+// as a temporary failure, so mail that only such hosts were left to take
+// waits and is retried rather than bounced (Postfix's default,
+// smtp_skip_5xx_greeting; RFC 5321 §3.1 lets a server greet 554 for
+// reasons of its own, and §5.1 has the client go on to the next host).
 func (a *attempt) fail(ae *AttemptError) {
 	a.step(errStep(ae))
+	if ae.Phase == phaseGreeting && ae.Permanent {
+		soft := *ae
+		soft.Permanent = false
+		soft.Enhanced = "4" + strings.TrimPrefix(ae.Enhanced, "5")
+		ae = &soft
+	}
 	a.last = ae
 	if !ae.Permanent {
 		a.lastTemp = ae

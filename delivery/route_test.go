@@ -319,6 +319,30 @@ func TestDeliverBackupRefusingDoesNotBounce(t *testing.T) {
 	}
 }
 
+// TestDeliverEveryHostGreets5xx: when every MX greets 5xx the mail is
+// deferred, with the reply kept and a temporary enhanced code, and goes out
+// once a host takes mail again; it is not bounced (RFC 5321 §3.1, Postfix's
+// smtp_skip_5xx_greeting).
+func TestDeliverEveryHostGreets5xx(t *testing.T) {
+	refuse := peer.Behaviour{Greeting: &peer.Reply{Code: 554, Enhanced: "5.7.1", Text: "no service here"}}
+	w := newWorld(t, setup{zone: basicZone, hosts: map[string]peer.Behaviour{"127.0.0.2": refuse, "127.0.0.3": refuse}})
+	id := w.send("a@sender.test", []string{"b@example.test"}, body7)
+	r := w.waitAttempts(id, 0, 1)
+	a := lastAttempt(r)
+	if r.State != spool.Deferred || a.Phase != "greeting" || a.Code != 554 || a.Enhanced != "4.7.1" {
+		t.Fatalf("recipient %v after %s %d %s %s: want deferred at the greeting's 554 with 4.7.1", r.State, a.Phase, a.Code, a.Enhanced, a.Text)
+	}
+	if n := len(a.Route); n != 2 || a.Route[0].Code != 554 || a.Route[1].Code != 554 {
+		t.Errorf("route %+v: want both hosts' 554", a.Route)
+	}
+	w.hosts["127.0.0.3"].SetBehaviour(peer.Behaviour{})
+	w.retry(3 * time.Hour)
+	w.waitStates(id, spool.Delivered)
+	if n := len(w.hosts["127.0.0.3"].Messages()); n != 1 {
+		t.Errorf("backup MX got %d messages, want 1", n)
+	}
+}
+
 // TestDeliverSourceAddress: connections leave from the configured source
 // address of their family.
 func TestDeliverSourceAddress(t *testing.T) {
