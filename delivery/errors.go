@@ -34,10 +34,13 @@ func (e *AttemptError) Error() string {
 	if e.IP != "" {
 		where += "[" + e.IP + "]"
 	}
-	if e.Code != 0 {
-		return fmt.Sprintf("%s %s: %d %s %s", where, e.Phase, e.Code, e.Enhanced, e.Text)
+	if where != "" {
+		where += " "
 	}
-	return fmt.Sprintf("%s %s: %s (%s)", where, e.Phase, e.Text, e.Enhanced)
+	if e.Code != 0 {
+		return fmt.Sprintf("%s%s: %d %s %s", where, e.Phase, e.Code, e.Enhanced, e.Text)
+	}
+	return fmt.Sprintf("%s%s: %s (%s)", where, e.Phase, e.Text, e.Enhanced)
 }
 
 func (e *AttemptError) Unwrap() error { return e.Err }

@@ -86,3 +86,26 @@ func TestRoutesLookup(t *testing.T) {
 		t.Errorf("a relayhost without domains should take every domain")
 	}
 }
+
+// TestAttemptErrorText: the text of an attempt error names where it
+// happened only when there is a host, with no stray space otherwise.
+func TestAttemptErrorText(t *testing.T) {
+	tests := []struct {
+		name string
+		e    AttemptError
+		want string
+	}{
+		{"reply", AttemptError{Host: "mx.example.test", IP: "192.0.2.1", Phase: "rcpt", Code: 550, Enhanced: "5.1.1", Text: "no such user"},
+			"mx.example.test[192.0.2.1] rcpt: 550 5.1.1 no such user"},
+		{"local_with_host", AttemptError{Host: "mx.example.test", Phase: "dial", Enhanced: "4.4.1", Text: "connect: refused"},
+			"mx.example.test dial: connect: refused (4.4.1)"},
+		{"no_host", AttemptError{Phase: "dns", Enhanced: "4.4.3", Text: "SERVFAIL"}, "dns: SERVFAIL (4.4.3)"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.e.Error(); got != tc.want {
+				t.Errorf("Error() = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
