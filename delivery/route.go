@@ -17,10 +17,12 @@ type staticRoute struct {
 	hops []hop
 	tls  TLSPolicy
 	auth *Auth
+	next NextHop // as configured
+	via  string  // "routes" or "relayhost"
 }
 
-func newStaticRoute(n NextHop) *staticRoute {
-	r := &staticRoute{tls: n.TLS, auth: n.Auth}
+func newStaticRoute(n NextHop, via string) *staticRoute {
+	r := &staticRoute{tls: n.TLS, auth: n.Auth, next: n, via: via}
 	if r.tls == "" {
 		r.tls = TLSVerify
 	}
@@ -78,11 +80,11 @@ func newRoutes(byDomain map[string]NextHop, relay *Relayhost) *routes {
 	r := &routes{byDomain: make(map[string]*staticRoute)}
 	for d, n := range byDomain {
 		if nd, err := mailaddr.NormalizeDomain(d); err == nil {
-			r.byDomain[nd] = newStaticRoute(n)
+			r.byDomain[nd] = newStaticRoute(n, "routes")
 		}
 	}
 	if relay != nil {
-		r.relay = newStaticRoute(relay.NextHop)
+		r.relay = newStaticRoute(relay.NextHop, "relayhost")
 		r.relayDomain = make(map[string]bool)
 		for _, d := range relay.Domains {
 			if nd, err := mailaddr.NormalizeDomain(d); err == nil {
@@ -102,6 +104,26 @@ func (r *routes) lookup(domain string) *staticRoute {
 		return r.relay
 	}
 	return nil
+}
+
+// ConfiguredHop is the configured next hop that takes the mail of
+// domain, as the scheduler chooses it: the domain's own entry of routes,
+// else relay when it covers the domain. via says which ("routes" or
+// "relayhost"); it is "" when the domain's mail goes to its MX hosts.
+func ConfiguredHop(routes map[string]NextHop, relay *Relayhost, domain string) (hop NextHop, via string) {
+	nd, err := mailaddr.NormalizeDomain(domain)
+	if err != nil {
+		return NextHop{}, ""
+	}
+	sr := newRoutes(routes, relay).lookup(nd)
+	if sr == nil {
+		return NextHop{}, ""
+	}
+	hop = sr.next
+	if hop.TLS == "" {
+		hop.TLS = TLSVerify
+	}
+	return hop, sr.via
 }
 
 // destKey is the destination queue a recipient domain belongs to.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"mta/delivery"
 	"mta/resolver"
 )
 
@@ -31,6 +32,10 @@ type routeOptions struct {
 	selfAddrs    []netip.Addr // from --config: the daemon's listeners and proxy_addresses
 	timeout      time.Duration
 	config       string
+	// from --config: the next hops that take some domains instead of
+	// their MX hosts (AUTH passwords not read)
+	routes map[string]delivery.NextHop
+	relay  *delivery.Relayhost
 }
 
 func runRoute(ctx context.Context, args []string, stdio Stdio) error {
@@ -42,7 +47,7 @@ func runRoute(ctx context.Context, args []string, stdio Stdio) error {
 	fs.BoolVar(&o.allowPrivate, "allow-private", false, "allow loopback and private addresses (lab zones)")
 	fs.StringVar(&o.hostname, "hostname", "", "our host name, so that an MX naming us counts as self")
 	fs.DurationVar(&o.timeout, "timeout", 2*time.Second, "timeout of one DNS exchange")
-	fs.StringVar(&o.config, "config", "", "take dns servers and timeout, hostname, allow_private_mx, and the listener and proxy addresses that count as self, from this config file (flags win)")
+	fs.StringVar(&o.config, "config", "", "take dns servers and timeout, hostname, allow_private_mx, the listener and proxy addresses that count as self, and routes and relayhost, from this config file (flags win)")
 	pos, done, err := parseInterspersed(fs, args, stdio)
 	if done {
 		return err
@@ -65,6 +70,9 @@ func runRoute(ctx context.Context, args []string, stdio Stdio) error {
 		Hostname: o.hostname, SelfAddrs: o.selfAddrs, AllowPrivate: o.allowPrivate})
 	if err != nil {
 		return exitf(exitUsage, "%v", err)
+	}
+	if hop, via := delivery.ConfiguredHop(o.routes, o.relay, pos[0]); via != "" {
+		return showNextHop(ctx, r, nextHopQuery{domain: pos[0], hop: hop, via: via, config: o.config, json: o.json}, stdio)
 	}
 	rt, err := r.Route(ctx, pos[0])
 	var re *resolver.Error
@@ -104,6 +112,13 @@ func (o *routeOptions) applyConfig(fs *flag.FlagSet) error {
 		o.allowPrivate = c.Delivery.AllowPrivateMX
 	}
 	o.selfAddrs = configSelfAddrs(c)
+	o.routes = make(map[string]delivery.NextHop, len(c.Routes))
+	for dom, r := range c.Routes {
+		o.routes[dom] = hopOf(r)
+	}
+	if c.Relayhost != nil {
+		o.relay = &delivery.Relayhost{NextHop: hopOf(c.Relayhost.Route), Domains: c.Relayhost.Domains}
+	}
 	return nil
 }
 

@@ -216,3 +216,75 @@ func TestRouteCommandConfig(t *testing.T) {
 		t.Errorf("missing config: exit %d, want %d", status, exitConfig)
 	}
 }
+
+// TestRouteCommandNextHop: with --config, a domain that routes: or the
+// relayhost takes shows that next hop and its hosts' addresses, as delivery
+// would dial them, without asking for the domain's MX records; the AUTH
+// password file is not read; other domains still show their MX route.
+func TestRouteCommandNextHop(t *testing.T) {
+	d := testpeer.NewDNS(t, routeCmdZone)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "mta.yaml")
+	writeFile(t, path, "hostname: mta.route.test\ndns:\n  servers: [\""+d.Addr()+"\"]\n  timeout: 1s\n"+
+		"routes:\n  own.test:\n    hosts: [\"mx.lab.test:2525\", \"gone.lab.test\"]\n    tls: none\n"+
+		"  down.test:\n    hosts: [\"gone.lab.test:25\"]\n"+
+		"relayhost:\n  hosts: [\"[192.0.2.99]:465\"]\n  domains: [relayed.test]\n"+
+		"  auth:\n    username: relayuser\n    password_file: "+filepath.Join(dir, "no-such-password")+"\n")
+	cases := []struct {
+		name   string
+		args   []string
+		status int
+		stdout []string
+	}{
+		{"routes", []string{"own.test", "--config", path}, exitOK, []string{"configured next hop: routes in " + path,
+			"tls none", "1. mx.lab.test port 2525 (no TLS) 127.0.0.2", "2. gone.lab.test port 25 (no TLS)", "NXDOMAIN"}},
+		{"relayhost", []string{"RELAYED.test.", "--config", path}, exitOK, []string{"configured next hop: relayhost",
+			"tls verify, AUTH as relayuser after TLS", "1. 192.0.2.99 port 465 (implicit TLS) 192.0.2.99"}},
+		{"no_host_has_an_address", []string{"down.test", "--config", path}, exitTempFail, []string{"1. gone.lab.test port 25 (STARTTLS)"}},
+		{"not_covered_goes_by_MX", []string{"plain.test", "--config", path}, exitOK, []string{"1. mx1.plain.test pref 10 192.0.2.1"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out, status, stderr := routeCmd(t, tc.args...)
+			if status != tc.status {
+				t.Fatalf("exit %d, want %d\n%s%s", status, tc.status, out, stderr)
+			}
+			flat := strings.Join(strings.Fields(out), " ")
+			for _, want := range tc.stdout {
+				if !strings.Contains(flat, want) {
+					t.Errorf("stdout lacks %q:\n%s", want, out)
+				}
+			}
+		})
+	}
+	for _, q := range d.Queries() {
+		if q.Type == "MX" && q.Name != "plain.test." {
+			t.Errorf("asked %s %s: a configured next hop needs no MX lookup", q.Type, q.Name)
+		}
+	}
+	out, status, stderr := routeCmd(t, "own.test", "--config", path, "--json")
+	if status != exitOK {
+		t.Fatalf("--json: exit %d\n%s", status, stderr)
+	}
+	var got struct {
+		Domain  string `json:"domain"`
+		NextHop struct {
+			Via   string `json:"via"`
+			TLS   string `json:"tls"`
+			Hosts []struct {
+				Host  string   `json:"host"`
+				Port  int      `json:"port"`
+				Addrs []string `json:"addrs"`
+				Err   string   `json:"error"`
+			} `json:"hosts"`
+		} `json:"next_hop"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("--json: %v\n%s", err, out)
+	}
+	h := got.NextHop.Hosts
+	if got.NextHop.Via != "routes" || got.NextHop.TLS != "none" || len(h) != 2 ||
+		h[0].Host != "mx.lab.test" || h[0].Port != 2525 || len(h[0].Addrs) != 1 || h[0].Addrs[0] != "127.0.0.2" || h[1].Err == "" {
+		t.Errorf("--json: %+v", got)
+	}
+}

@@ -177,18 +177,28 @@ func nextHops(c *Config) (map[string]delivery.NextHop, *delivery.Relayhost, map[
 }
 
 func nextHop(r Route) (delivery.NextHop, error) {
-	hop := delivery.NextHop{Hosts: r.Hosts, TLS: delivery.TLSPolicy(r.TLS)}
-	if r.InsecureSkipVerify && (hop.TLS == "" || hop.TLS == delivery.TLSVerify) {
-		hop.TLS = delivery.TLSRequire // encrypted, certificate not checked
-	}
+	hop := hopOf(r)
 	if r.Auth != nil {
 		pw, err := os.ReadFile(r.Auth.PasswordFile)
 		if err != nil {
 			return hop, fmt.Errorf("auth password: %w", err)
 		}
-		hop.Auth = &delivery.Auth{Username: r.Auth.Username, Password: strings.TrimRight(string(pw), "\r\n")}
+		hop.Auth.Password = strings.TrimRight(string(pw), "\r\n")
 	}
 	return hop, nil
+}
+
+// hopOf is r as delivery's next hop, with the AUTH login but not its
+// password (nextHop reads that).
+func hopOf(r Route) delivery.NextHop {
+	hop := delivery.NextHop{Hosts: r.Hosts, TLS: delivery.TLSPolicy(r.TLS)}
+	if r.InsecureSkipVerify && (hop.TLS == "" || hop.TLS == delivery.TLSVerify) {
+		hop.TLS = delivery.TLSRequire // encrypted, certificate not checked
+	}
+	if r.Auth != nil {
+		hop.Auth = &delivery.Auth{Username: r.Auth.Username}
+	}
+	return hop
 }
 
 // startSMTP starts the listeners bound earlier.
