@@ -109,23 +109,24 @@ func (w *pageWalk) bad(format string, args ...any) {
 
 // walkAlwaysPages is the size (in pages: 64 MiB) up to which Open walks
 // every page of the file, freelist or not: a few milliseconds. Past it
-// Open walks only when bbolt will (the freelist was left out: after a
-// crash, and whenever many pages are free), so that opening a large spool
-// after a clean stop reads only what bbolt reads. A damaged page there
-// still becomes ErrCorrupt when the daemon reads it, but for one case no
-// walk at Open would catch: a branch page pointing to its own ancestor
-// sends bbolt's writer into endless recursion, which kills the process;
-// the Open after that restart walks the file (that crash left the
-// freelist out unless few pages were free) and refuses it.
+// Open walks only when bbolt will (the freelist was left out: whenever
+// many pages are free, so after most crashes), so that reopening a large
+// spool after a clean stop reads only what bbolt reads. A damaged page
+// there still becomes ErrCorrupt when the daemon reads it, but two kinds
+// of damage only the walk catches: a branch page pointing to its own
+// ancestor sends bbolt's writer into endless recursion, which kills the
+// process (the Open after the restart walks the file if the last commit
+// left the freelist out); and a freelist listing a page in use makes
+// bbolt hand that page out again, overwriting what it holds.
 const walkAlwaysPages = 1 << 14
 
 // checkPages walks the pages of the bbolt file at path before bbolt opens
 // it: the meta and freelist pages, and the pages reachable from the root
 // bucket always with walkFull, and with walkAuto when the freelist was
-// left out or the file is small. It returns the damage it
-// found; an error when the file cannot be read at all (ErrCorrupt: no
-// valid meta page, or cut short) or another process holds it (ErrLocked).
-// A missing or empty file has nothing to check.
+// left out or the file is small. It returns the damage it found; an error
+// when the file cannot be read at all (ErrCorrupt: no valid meta page, or
+// cut short) or another process holds it (ErrLocked). A missing or empty
+// file has nothing to check.
 func checkPages(path string, mode walkMode) (problems []string, err error) {
 	data, release, err := mapFile(path)
 	if err != nil || data == nil {
