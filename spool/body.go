@@ -281,7 +281,7 @@ func (t *txn) bodyPrefix(id string, file bool, n int) ([]byte, error) {
 // removeOrphans deletes body files that no live message refers to: left
 // by a crash between writing a body and committing its envelope, or
 // between retiring a message and removing its file.
-func (s *Spool) removeOrphans() error {
+func (s *Spool) removeOrphans() (err error) {
 	entries, err := os.ReadDir(s.bodyDir)
 	if err != nil {
 		return ioError("read body directory", err)
@@ -290,6 +290,7 @@ func (s *Spool) removeOrphans() error {
 		return nil
 	}
 	var orphans []string
+	defer catchFault(&err)
 	err = s.db.View(func(tx *bolt.Tx) error {
 		b, err := buckets(tx)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -23,7 +24,10 @@ type CheckReport struct {
 // every due entry points at a live recipient, counters match, no body file
 // is orphaned or missing.
 //
-// In full: bbolt's own page check; every record decodes; every live
+// In full: every page reachable from the root lies in the file and is
+// reached once, and the freelist lists none of them (checkPages; when
+// this fails the rest is not attempted, as it would walk into the
+// damage); bbolt's own page check; every record decodes; every live
 // message has a state per recipient, not all final; every recipient that
 // is neither final, held nor leased has exactly one due key, at its next
 // attempt, every leased one that is not final one lease key, and no other
@@ -38,12 +42,26 @@ func Check(dir string) (CheckReport, error) {
 	if _, err := os.Stat(path); err != nil {
 		return CheckReport{}, fmt.Errorf("check spool: %w", err)
 	}
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	var rep CheckReport
+	problems, err := checkPages(path, walkFull)
+	if err != nil {
+		return CheckReport{}, fmt.Errorf("check spool: %w", err)
+	}
+	if len(problems) > 0 {
+		// bbolt's own check, and reading the records, would walk into the
+		// damage.
+		for _, p := range problems {
+			rep.add("bbolt: %s", p)
+		}
+		rep.add("records not checked: the file's pages are damaged")
+		return rep, nil
+	}
 	db, err := openDB(path, false, true)
 	if err != nil {
 		return CheckReport{}, err
 	}
 	defer closeQuietly(db)
-	var rep CheckReport
 	err = db.View(func(tx *bolt.Tx) (err error) {
 		defer catchFault(&err)
 		if err := checkVersion(tx); err != nil {
@@ -370,20 +388,19 @@ func (s *Spool) verify() []string {
 
 // Compact rewrites the spool file in dir offline to reclaim free pages.
 // The copy is written beside it, fsynced, and renamed over it, so a crash
-// leaves either file whole.
-func Compact(dir string) error {
+// leaves either file whole. A damaged file is refused (ErrCorrupt).
+func Compact(dir string) (err error) {
 	path := filepath.Join(dir, dbName)
 	if _, err := os.Stat(path); err != nil {
 		return fmt.Errorf("compact spool: %w", err)
 	}
-	src, err := openDB(path, false, false)
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer catchFault(&err)
+	src, err := openIntact(path)
 	if err != nil {
 		return err
 	}
 	defer closeQuietly(src)
-	if err := src.View(checkVersion); err != nil {
-		return err
-	}
 	tmp := path + ".compact"
 	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("compact spool: %w", err)
@@ -407,4 +424,38 @@ func Compact(dir string) error {
 		return ioError("compact spool", err)
 	}
 	return syncDir(dir)
+}
+
+// openIntact opens the spool file at path for Compact, refusing it unless
+// its pages, bbolt's own check and its schema version pass: copying a
+// damaged file would hide the damage in a file bbolt calls sound.
+func openIntact(path string) (*bolt.DB, error) {
+	problems, err := checkPages(path, walkFull)
+	if err != nil {
+		return nil, fmt.Errorf("compact spool: %w", err)
+	}
+	if len(problems) > 0 {
+		return nil, damaged(path, problems)
+	}
+	db, err := openDB(path, false, false)
+	if err != nil {
+		return nil, err
+	}
+	err = db.View(func(tx *bolt.Tx) error {
+		if err := checkVersion(tx); err != nil {
+			return err
+		}
+		for e := range tx.Check() {
+			problems = append(problems, e.Error())
+		}
+		return nil
+	})
+	if err == nil && len(problems) > 0 {
+		err = damaged(path, problems)
+	}
+	if err != nil {
+		closeQuietly(db)
+		return nil, err
+	}
+	return db, nil
 }

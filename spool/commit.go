@@ -76,7 +76,7 @@ func (s *Spool) commitLoop() {
 	batch := make([]*request, 0, maxBatch+1)
 	for {
 		var retry <-chan time.Time
-		if len(s.relet) > 0 {
+		if len(s.relet) > 0 && !s.broken {
 			retry = time.After(reletRetry)
 		}
 		batch = batch[:0]
@@ -155,7 +155,7 @@ func (s *Spool) runBatch(batch []*request) {
 	start := time.Now()
 	t, errs, err := s.tryBatch(batch, lowSpace)
 	var abort abortError
-	if errors.As(err, &abort) && len(batch) > 1 {
+	if errors.As(err, &abort) && len(batch) > 1 && !s.broken {
 		s.log.Warn("spool batch rolled back, committing its operations one by one", "err", err)
 		for _, r := range batch {
 			s.runBatch([]*request{r})
@@ -189,15 +189,21 @@ func (e abortError) Unwrap() error { return e.err }
 // tryBatch applies batch in one transaction and commits it. errs holds
 // each operation's clean error; err is what stopped the whole batch.
 func (s *Spool) tryBatch(batch []*request, lowSpace bool) (t *txn, errs []error, err error) {
+	if s.broken {
+		return nil, nil, errBroken
+	}
+	var tx *bolt.Tx
 	defer func() {
 		if r := recover(); r != nil {
-			err = abortError{corrupt("applying operations: %v", r)}
-			if t != nil && t.tx != nil {
-				_ = t.tx.Rollback() // the panic is the error to report
+			t, errs, err = nil, nil, abortError{corrupt("applying operations: %v", r)}
+			if tx != nil && !rollbackAfterPanic(tx) {
+				s.broken = true
+				s.log.Error("spool file damaged: a commit and its rollback failed; refusing every write until restart", "err", r)
+				err = errBroken
 			}
 		}
 	}()
-	tx, err := s.beginWrite()
+	tx, err = s.beginWrite()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -233,6 +239,26 @@ func (s *Spool) tryBatch(batch []*request, lowSpace bool) (t *txn, errs []error,
 	}
 	s.noFreelist = s.db.NoFreelistSync
 	return t, errs, nil
+}
+
+// errBroken answers every write once a commit has failed in a way bbolt
+// cannot roll back (a damaged page met while writing): its writer lock is
+// still held, so nothing more can be written until the process restarts,
+// and the file needs checking first.
+var errBroken = corrupt("a commit failed on a damaged page and could not be rolled back: stop the daemon and run mta spool check")
+
+// rollbackAfterPanic rolls back tx after a panic inside it. It reports
+// false when the rollback panicked too (bbolt's freelist disagreeing with
+// the damaged pages), which leaves the transaction, and bbolt's writer
+// lock, open for good.
+func rollbackAfterPanic(tx *bolt.Tx) (ok bool) {
+	defer func() {
+		if recover() != nil {
+			ok = false
+		}
+	}()
+	_ = tx.Rollback() // the panic is the error to report
+	return true
 }
 
 // freelistSyncPages is how many free pages bbolt's freelist may list for

@@ -131,7 +131,13 @@ func verifyCrash(t *testing.T, dir string, lines []string) {
 	checkPairs(t, s)
 }
 
-// checkPairs checks that both recipients of every child message agree.
+// checkPairs checks that both recipients of every child message agree,
+// and that every live recipient is due when the child's commits said:
+// pending at its arrival, deferred a second before its last attempt (as
+// the child records), or claimed when killed, at the lease of an hour
+// its claim committed. A claim lost in the crash would make it due at
+// once (a hot retry), a half-applied one leave it due at no time the
+// child gave.
 func checkPairs(t *testing.T, s *Spool) {
 	t.Helper()
 	msgs, err := allMessages(s)
@@ -142,6 +148,23 @@ func checkPairs(t *testing.T, s *Spool) {
 		rs := m.Envelope.Recipients
 		if len(rs) == 2 && (rs[0].AttemptCount != rs[1].AttemptCount || rs[0].State != rs[1].State) {
 			t.Errorf("message %s half-applied: %v/%d and %v/%d", m.ID, rs[0].State, rs[0].AttemptCount, rs[1].State, rs[1].AttemptCount)
+		}
+		full, err := s.Message(m.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range full.Envelope.Recipients {
+			if r.State.Final() {
+				continue
+			}
+			arrival, next := full.Envelope.Arrival, r.NextAttempt
+			leased := !next.Before(arrival.Add(59 * time.Minute))
+			pending := r.AttemptCount == 0 && !next.Before(arrival) && next.Before(arrival.Add(time.Minute))
+			deferred := len(r.Attempts) > 0 && next.Equal(r.Attempts[len(r.Attempts)-1].Time.Add(-time.Second))
+			if !leased && !pending && !deferred {
+				t.Errorf("recipient %s/%d (%v, %d attempts, arrived %v) due at %v: no time the child committed",
+					m.ID, i, r.State, r.AttemptCount, arrival, next)
+			}
 		}
 	}
 }

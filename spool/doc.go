@@ -43,6 +43,13 @@
 //     Open rebuilds it by walking the pages in use.
 //   - No read transaction lives long: List pages with cursors, one short
 //     transaction per page, so the file can grow and reuse pages.
+//   - A damaged file must become ErrCorrupt, never a crash: reads and
+//     commits turn bbolt's panics and memory faults into it, and since
+//     bbolt also walks the file in goroutines of its own (its page check,
+//     and Open of a file without freelist), the pages are walked first,
+//     bounds-checked, and a file those walks could not survive is refused
+//     (pages.go). A commit bbolt cannot even roll back leaves the spool
+//     refusing every write until restart.
 //   - A full disk (ENOSPC, or free space below Options.MinFreeBytes) is
 //     ErrNoSpace, a body past Options.MaxMessageBytes ErrTooBig, a damaged
 //     file ErrCorrupt, an unknown schema ErrVersion: never a silent success.

@@ -182,3 +182,47 @@ func (o *countingObserver) synced() int {
 	}
 	return n
 }
+
+// TestClaimExclusive: concurrent claims never hand out one recipient
+// twice, and together they hand out every due recipient.
+func TestClaimExclusive(t *testing.T) {
+	clk := newClock()
+	s, _ := openSpool(t, Options{Now: clk.Now, UnsafeNoSync: true})
+	const msgs = 200
+	for range msgs {
+		enqueue(t, s, envelope("a@o.test", "b@d.example", "c@e.example"), nil)
+	}
+	now := clk.Now()
+	var mu sync.Mutex
+	claimed := make(map[Task]int)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for {
+				tasks, err := s.Claim(t.Context(), now, 7, func(Task) time.Time { return now.Add(time.Hour) })
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(tasks) == 0 {
+					return
+				}
+				mu.Lock()
+				for _, task := range tasks {
+					claimed[task]++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(claimed) != 2*msgs {
+		t.Errorf("claimed %d recipients, want %d", len(claimed), 2*msgs)
+	}
+	for task, n := range claimed {
+		if n != 1 {
+			t.Errorf("%s/%d claimed %d times", task.ID, task.Rcpt, n)
+		}
+	}
+	verifyNow(t, s)
+}

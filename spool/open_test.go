@@ -186,6 +186,9 @@ func TestOpenLocked(t *testing.T) {
 	if _, err := Check(dir); !errors.Is(err, ErrLocked) {
 		t.Errorf("Check of a spool in use: %v, want ErrLocked", err)
 	}
+	if err := Compact(dir); !errors.Is(err, ErrLocked) {
+		t.Errorf("Compact of a spool in use: %v, want ErrLocked", err)
+	}
 }
 
 func TestCorruptRecord(t *testing.T) {

@@ -229,7 +229,9 @@ func decodeEnv(b []byte) (storedEnv, error) {
 	for i := 0; i < n && d.err == nil; i++ {
 		r := &env.Recipients[i]
 		r.Addr = d.str()
-		r.Domain = d.str()
+		if r.Domain = d.str(); d.err == nil && r.Domain == "" {
+			d.fail("recipient %d has no domain", i)
+		}
 		r.Notify = Notify(d.small(0xff))
 		r.ORcpt = d.str()
 	}
@@ -301,7 +303,9 @@ func decodeState(b []byte) (rstate, error) {
 	r.Count = d.small(1 << 31)
 	r.Done = d.time()
 	r.Arrival = d.time()
-	r.Domain = d.str()
+	if r.Domain = d.str(); d.err == nil && r.Domain == "" {
+		d.fail("no domain") // a key of the domain counters
+	}
 	if err := d.end(); err != nil {
 		return rstate{}, err
 	}

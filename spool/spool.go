@@ -43,6 +43,10 @@ type Spool struct {
 	reqs   chan *request
 	done   chan struct{} // closed when the committer has exited
 
+	// broken is set by the committer when a failed commit could not be
+	// rolled back (see errBroken); Close then leaves the file alone.
+	broken bool
+
 	// noFreelist is set when the last commit left the freelist out of the
 	// file (by the committer, or by Open before it starts); Close reads it
 	// after the committer exits.
@@ -114,7 +118,16 @@ func boltOptions(noSync, readOnly bool) *bolt.Options {
 
 // Open opens (creating if needed) the spool in dir: dir/spool.db and the
 // body files under dir/bodies. It removes body files no envelope refers to.
-func Open(dir string, opts Options) (*Spool, error) {
+// A damaged or truncated file is ErrCorrupt, one of an unknown schema
+// ErrVersion, one another process holds ErrLocked.
+func Open(dir string, opts Options) (*Spool, error) { return open(dir, opts, walkAuto) }
+
+// open is Open, walking the file's pages first as mode says: tests leave
+// out the tree (as Open does for a large file whose freelist was kept) to
+// reach the protections behind the walk.
+func open(dir string, opts Options, mode walkMode) (*Spool, error) {
+	// Reading a damaged page must become ErrCorrupt, not a crash.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	s := &Spool{
 		dir:     dir,
 		bodyDir: filepath.Join(dir, bodyDir),
@@ -126,13 +139,25 @@ func Open(dir string, opts Options) (*Spool, error) {
 	if err := makeDirs(dir, s.bodyDir); err != nil {
 		return nil, err
 	}
-	db, err := openDB(filepath.Join(dir, dbName), opts.UnsafeNoSync, false)
+	path := filepath.Join(dir, dbName)
+	// What bbolt walks as it opens the file is walked here first.
+	problems, err := checkPages(path, mode)
+	if err != nil && !errors.Is(err, ErrLocked) {
+		// Locked: bbolt waits for the holder a while, then says so.
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if len(problems) > 0 {
+		return nil, damaged(path, problems)
+	}
+	db, err := openDB(path, opts.UnsafeNoSync, false)
 	if err != nil {
 		return nil, err
 	}
 	s.db = db
 	if err := s.start(); err != nil {
-		_ = db.Close() // the open error is the one to report
+		if !s.broken {
+			_ = db.Close() // the open error is the one to report
+		}
 		return nil, err
 	}
 	go s.commitLoop()
@@ -155,7 +180,6 @@ func (s *Spool) start() error {
 // they are due again at the times they committed. A file without leases
 // is not written.
 func (s *Spool) releaseLeases() error {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	r := newRequest(false, func(t *txn) error { return t.releaseLeases() })
 	// Nothing is left to do after this commit (no body file to remove),
 	// and the scheduler, not started yet, claims what is due when it starts.
@@ -273,6 +297,11 @@ func upgradeV1(tx *bolt.Tx) error {
 	return err
 }
 
+// damaged is ErrCorrupt for a file whose pages checkPages found damaged.
+func damaged(path string, problems []string) error {
+	return corrupt("%s has damaged pages (%s, %d problems in all): run mta spool check", path, problems[0], len(problems))
+}
+
 // catchFault turns a panic or memory fault while reading a damaged file
 // into ErrCorrupt. bbolt reads the file through a memory map and panics on
 // pages it cannot make sense of; this is the one place those are caught.
@@ -313,6 +342,12 @@ func (s *Spool) Close() error {
 	close(s.reqs)
 	s.mu.Unlock()
 	<-s.done
+	if s.broken {
+		// bbolt's writer lock is held by the transaction that could not be
+		// rolled back: closing the file would wait for it forever. The
+		// process exiting releases it.
+		return errBroken
+	}
 	if s.noFreelist {
 		s.db.NoFreelistSync = false
 		if err := s.db.Update(func(*bolt.Tx) error { return nil }); err != nil {

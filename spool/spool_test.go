@@ -78,6 +78,8 @@ func TestEnqueue(t *testing.T) {
 			env := envelope("alice@origin.test", "bob@dest.example", "carol@Other.Example")
 			env.EnvID = "env-1"
 			env.Ret = RetHeaders
+			env.SMTPUTF8 = true
+			env.Origin.AuthUser, env.Origin.UID = "alice", 1000
 			env.Recipients[0].Notify = NotifyFailure | NotifyDelay
 			env.Recipients[0].ORcpt = "rfc822;bob@dest.example"
 			body := bodyOf("m", tc.size)
@@ -89,7 +91,7 @@ func TestEnqueue(t *testing.T) {
 			}
 			e := m.Envelope
 			if e.Sender != env.Sender || e.EnvID != "env-1" || e.Ret != RetHeaders || e.Size != int64(tc.size) ||
-				!e.Arrival.Equal(clk.Now()) || e.Origin != env.Origin || e.Has8Bit {
+				!e.Arrival.Equal(clk.Now()) || e.Origin != env.Origin || e.Has8Bit || !e.SMTPUTF8 || e.DSN {
 				t.Errorf("stored envelope %+v, want %+v with size %d arrival %v", e, env, tc.size, clk.Now())
 			}
 			if len(e.Recipients) != 2 {

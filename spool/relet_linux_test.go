@@ -5,7 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -22,18 +21,7 @@ func (c *errCounter) Committed(cm Commit) {
 // (its commit fails) is retried by the committer, so once space returns
 // the recipient is due again without a restart.
 func TestUnclaimSurvivesFullDisk(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
-	mnt := t.TempDir()
-	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=4m,mode=0755"); err != nil {
-		t.Skipf("cannot mount a tmpfs: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(mnt, syscall.MNT_DETACH); err != nil {
-			t.Errorf("unmount: %v", err)
-		}
-	})
+	mnt := smallFS(t)
 	obs := &errCounter{}
 	clk := newClock()
 	s := openIn(t, filepath.Join(mnt, "spool"), Options{Now: clk.Now, MinFreeBytes: -1, Observer: obs})
@@ -52,18 +40,7 @@ func TestUnclaimSurvivesFullDisk(t *testing.T) {
 	}
 	defer func() { _ = reader.Rollback() }() // read-only
 	// Fill the file system, then churn the spool until a commit fails.
-	filler := filepath.Join(mnt, "filler")
-	f, err := os.Create(filler)
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(chunk); err != nil {
-			break
-		}
-	}
-	f.Close()
+	filler := fill(t, mnt)
 	for i := 0; obs.failed.Load() == 0 && i < 200; i++ {
 		_ = tryEnqueue(s, NewID(), envelope("a@example.org", "c@example.net"), bodyOf("y", 50<<10))
 	}
