@@ -24,8 +24,9 @@ func Default() *Config {
 		host += ".localdomain"
 	}
 	return &Config{
-		Hostname:    host,
-		TrustedNets: []string{"127.0.0.0/8", "::1/128"},
+		Hostname:     host,
+		DrainTimeout: Duration(30 * time.Second),
+		TrustedNets:  []string{"127.0.0.0/8", "::1/128"},
 		Listeners: Listeners{
 			Relay:       []string{"127.0.0.1:25"},
 			Submission:  []string{"127.0.0.1:587"},
@@ -71,6 +72,9 @@ func (c *Config) Validate() []string {
 		// A dotless name is only warned about at start (RFC 5321 §4.1.4
 		// wants an FQDN), so zero-config runs on any machine.
 		v.add("hostname", "%q is not a host name", c.Hostname)
+	}
+	if c.DrainTimeout <= 0 {
+		v.add("drain_timeout", "must be positive")
 	}
 	if c.MyOrigin != "" {
 		v.domain("myorigin", c.MyOrigin)

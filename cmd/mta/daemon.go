@@ -109,14 +109,14 @@ func (d *daemonState) configName() string {
 }
 
 // stop drains and closes everything start opened: listeners first (no new
-// mail), then sessions and deliveries in flight (bounded by drainTime),
+// mail), then sessions and deliveries in flight (bounded by drain_timeout),
 // then the spool. Nothing accepted is lost: what is not delivered stays
 // due in the spool.
 func (d *daemonState) stop() {
 	for _, c := range d.closes {
 		c()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), drainTime)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(d.cfg.DrainTimeout))
 	defer cancel()
 	var wg sync.WaitGroup
 	if d.srv != nil {

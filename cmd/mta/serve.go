@@ -15,10 +15,6 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 )
 
-// drainTime bounds a graceful stop: sessions and deliveries in flight get
-// this long to finish (the systemd unit allows 45 s).
-const drainTime = 30 * time.Second
-
 func runServe(ctx context.Context, args []string, stdio Stdio) error {
 	fs := newFlagSet("serve", "[--config FILE]", stdio)
 	config := fs.String("config", "", "config file (without one, mta runs on its embedded local defaults)")
@@ -99,7 +95,7 @@ func (d *daemonState) loop(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			d.notify("STOPPING=1\nSTATUS=draining")
-			d.log.Info("stopping: draining sessions and deliveries", "max", drainTime)
+			d.log.Info("stopping: draining sessions and deliveries", "max", time.Duration(d.cfg.DrainTimeout))
 			d.stop()
 			d.log.Info("stopped")
 			return nil
