@@ -55,7 +55,7 @@ type daemonState struct {
 // spool, delivery, listeners, sockets, metrics. On error the caller runs
 // stop, which undoes what was started.
 func (d *daemonState) start(ctx context.Context) error {
-	d.dirs = resolveDirs(d.cfg)
+	d.dirs = resolveDirs(d.cfg, os.Getenv)
 	d.log.Info("starting mta", "version", version(), "hostname", d.cfg.Hostname, "config", d.configName(),
 		"state_dir", d.dirs.State, "runtime_dir", d.dirs.Runtime)
 	for _, dir := range []string{d.dirs.State, d.dirs.Runtime} {

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -74,14 +76,20 @@ func runQueue(ctx context.Context, args []string, stdio Stdio) error {
 	if err != nil {
 		return exitf(exitConfig, "%v", err)
 	}
-	resp, err := adminCall(ctx, filepath.Join(resolveDirs(cfg).Runtime, adminSocket), req)
+	resp, err := adminCall(ctx, filepath.Join(clientDirs(cfg).Runtime, adminSocket), req)
+	if errors.Is(err, iofs.ErrPermission) {
+		return exitf(exitNoPerm, "%v (members of group %s may use mta queue)", err, cfg.Admin.Group)
+	}
 	if err != nil {
 		return exitf(exitTempFail, "%v", err)
 	}
 	if resp.Error != "" {
 		code := exitFailure
-		if resp.NotFound {
+		switch {
+		case resp.NotFound:
 			code = exitDataErr
+		case resp.Denied:
+			code = exitNoPerm
 		}
 		return exitf(code, "queue %s: %s", op, resp.Error)
 	}
