@@ -113,6 +113,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("hostname: a.example\ndelivery:\n  lifetime: 5d\n"))
 	f.Add([]byte("routes:\n  example.org:\n    hosts: ['[::1]:25']\n"))
 	f.Add([]byte("aliases: {root: 'a@b.example, c@d.example'}\n"))
+	f.Add([]byte("spool: {min_free_bytes: x, retired_max_count: [1]}\nlisteners:\n  smtp: []\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := ParseConfig(data, "fuzz.yaml")
 		if err == nil && len(c.Validate()) > 0 {
