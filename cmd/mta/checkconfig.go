@@ -37,8 +37,8 @@ func runCheckConfig(ctx context.Context, args []string, stdio Stdio) error {
 // wants to fix.
 func (c *Config) Warnings() []string {
 	var w []string
-	if !strings.Contains(c.Hostname, ".") {
-		w = append(w, fmt.Sprintf("hostname %q is not fully qualified (RFC 5321 §4.1.4); receivers may refuse our EHLO", c.Hostname))
+	if strings.HasSuffix(c.Hostname, ".localdomain") {
+		w = append(w, fmt.Sprintf("hostname %q is not a public name (RFC 5321 §4.1.4); receivers may refuse our EHLO", c.Hostname))
 	}
 	if len(c.LocalDomains) > 0 {
 		for _, lp := range []string{"postmaster", "root", "MAILER-DAEMON"} {

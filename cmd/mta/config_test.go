@@ -56,6 +56,7 @@ func TestConfigErrors(t *testing.T) {
 		{"cert without key", "tls:\n  cert_file: /x\n", []string{"line 1: tls: cert_file and key_file go together"}},
 		{"bad alias target", "aliases:\n  root: not-an-address\n", []string{`aliases.root: target "not-an-address"`}},
 		{"bad listener", "listeners:\n  relay: [\"localhost\"]\n", []string{`listeners.relay[0]: "localhost" is not an address`}},
+		{"dotless hostname", "hostname: mail\n", []string{`line 1: hostname: "mail" is not a fully qualified domain name`}},
 		{"wrong type names the key", "limits:\n  max_recipients: many\n", []string{"line 2: limits.max_recipients: cannot unmarshal"}},
 	}
 	for _, tt := range tests {

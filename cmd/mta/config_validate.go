@@ -68,10 +68,11 @@ func (c *Config) Validate() []string {
 	v := &validator{}
 	if c.Hostname == "" {
 		v.add("hostname", "is empty and the system host name is unknown")
-	} else if _, err := mailaddr.NormalizeDomain(c.Hostname + ".invalid"); err != nil {
-		// A dotless name is only warned about at start (RFC 5321 §4.1.4
-		// wants an FQDN), so zero-config runs on any machine.
-		v.add("hostname", "%q is not a host name", c.Hostname)
+	} else if _, err := mailaddr.NormalizeDomain(c.Hostname); err != nil || strings.HasPrefix(c.Hostname, "[") {
+		// Delivery says it in every EHLO: RFC 5321 §4.1.4 wants an FQDN.
+		// (Zero-config runs on a dotless system name with ".localdomain"
+		// added, and the start warns.)
+		v.add("hostname", "%q is not a fully qualified domain name (RFC 5321 §4.1.4)", c.Hostname)
 	}
 	if c.DrainTimeout <= 0 {
 		v.add("drain_timeout", "must be positive")

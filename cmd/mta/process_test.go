@@ -9,6 +9,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -136,12 +137,18 @@ func (p *proc) start() {
 		p.err = cmd.Wait()
 		close(exited)
 	}()
-	ready, ok := p.log.waitFrom(from, 30*time.Second, exited, "msg=ready")
+	ready, ok := p.log.waitFrom(from, 30*time.Second, exited, "ready", "listening")
 	if !ok {
 		p.t.Fatalf("daemon not ready (exit: %v)", p.exitErr())
 	}
 	p.relay, p.submission, p.submit, p.admin, p.metrics = "", "", "", "", ""
-	_, list, _ := strings.Cut(ready, "listening=")
+	var list string
+	var fields map[string]any
+	if json.Unmarshal([]byte(ready), &fields) == nil { // log.format: json
+		list, _ = fields["listening"].(string)
+	} else {
+		_, list, _ = strings.Cut(ready, "listening=")
+	}
 	for _, f := range strings.Fields(strings.Trim(list, `"`)) {
 		k, v, _ := strings.Cut(f, "=")
 		switch k {

@@ -580,3 +580,46 @@ func TestProcessDrainBounded(t *testing.T) {
 	waitMessages(t, mx, 1)
 	testpeer.WaitFor(t, "the retired record", func() bool { return strings.Contains(p.mta("queue", "show", id), "delivered") })
 }
+
+// TestProcessJSONLog: with log.format json every line on stderr is a JSON
+// object, with one line for the accepted message and one per recipient
+// per delivery attempt, under the documented keys.
+func TestProcessJSONLog(t *testing.T) {
+	p := newProc(t, "1s", "log: {format: json, level: info}\n")
+	p.start()
+	id := sendSMTP(t, p.relay, "a@sender.test", []string{"b@example.test", "c@example.test"}, "Subject: json\r\n\r\nx\r\n")
+	waitMessages(t, p.hosts["127.0.0.2"], 1)
+	p.waitLog(0, `"msg":"delivery attempt"`, `"rcpt":"c@example.test"`)
+	p.stop()
+	counts := map[string]int{}
+	for i, line := range strings.Split(p.log.String(), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %d is not JSON: %v\n%s", i+1, err, line)
+		}
+		if rec["msg_id"] != id {
+			continue
+		}
+		counts[rec["msg"].(string)]++
+		switch rec["msg"] {
+		case "message accepted":
+			for k, v := range map[string]any{"listener": "relay", "sender": "a@sender.test", "rcpts": float64(2)} {
+				if rec[k] != v {
+					t.Errorf("accepted line: %s = %v, want %v\n%s", k, rec[k], v, line)
+				}
+			}
+		case "delivery attempt":
+			for _, k := range []string{"rcpt", "domain", "mx", "ip", "attempt", "phase", "code", "enhanced", "duration", "tls", "status", "reply"} {
+				if _, ok := rec[k]; !ok {
+					t.Errorf("attempt line lacks %s:\n%s", k, line)
+				}
+			}
+			if rec["status"] != "delivered" || rec["code"] != float64(250) || rec["ip"] != "127.0.0.2" {
+				t.Errorf("attempt line: %s", line)
+			}
+		}
+	}
+	if counts["message accepted"] != 1 || counts["delivery attempt"] != 2 {
+		t.Errorf("log lines for %s: %v, want 1 accepted and 2 attempts", id, counts)
+	}
+}
