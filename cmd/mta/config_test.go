@@ -108,6 +108,24 @@ func TestCheckConfigCommand(t *testing.T) {
 	if exitCode(err, &errb) != exitConfig || !strings.Contains(errb.String(), `line 2: unknown key "listners"`) {
 		t.Errorf("bad config: err %v, stderr %q", err, errb.String())
 	}
+
+	// What the daemon would fail on at start: every file it cannot use
+	// and every unknown user, at once.
+	missing := dir + "/missing.yaml"
+	writeFile(t, missing, "hostname: mx.example.test\nusers_file: "+dir+"/no-users\ntls: {cert_file: "+dir+"/no.crt, key_file: "+dir+"/no.key}\n"+
+		"dkim:\n  - {domain: example.test, selector: s1, key_file: "+dir+"/no-dkim.key}\nsendmail_trusted_users: [root, no-such-user-here]\n"+
+		"relayhost:\n  hosts: [smtp.example.test]\n  auth: {username: u, password_file: "+dir+"/no-password}\n")
+	errb.Reset()
+	err = run(t.Context(), []string{"mta", "check-config", missing}, Stdio{Out: &out, Err: &errb})
+	if exitCode(err, &errb) != exitConfig {
+		t.Errorf("config naming missing files: exit %d", exitCode(err, &errb))
+	}
+	for _, want := range []string{"5 problem(s)", "line 2: users_file: open", "line 3: tls.cert_file: open", "line 5: dkim[0].key_file: open",
+		`line 6: sendmail_trusted_users[1]: user: unknown user no-such-user-here`, "line 9: relayhost.auth.password_file: open"} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("check-config does not say %q:\n%s", want, errb.String())
+		}
+	}
 }
 
 func FuzzParseConfig(f *testing.F) {

@@ -53,6 +53,9 @@ func serveConfig(path string, stderr io.Writer) (*Config, error) {
 		return cfg, nil
 	}
 	cfg, err := LoadConfig(path)
+	if err == nil {
+		err = cfg.checkFiles(path)
+	}
 	var ce *ConfigError
 	if errors.As(err, &ce) {
 		fmt.Fprintln(stderr, ce.Error())
