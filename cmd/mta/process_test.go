@@ -23,6 +23,7 @@ import (
 
 	"mta/internal/peer"
 	"mta/internal/testpeer"
+	"mta/spool"
 )
 
 // proc is a daemon run as a child process.
@@ -112,7 +113,7 @@ func (p *proc) editConfig(old, new string) {
 func (p *proc) start() {
 	p.t.Helper()
 	cmd := exec.Command(p.bin, "serve", "--config", p.config)
-	cmd.Env = append(append(os.Environ(), asMTAEnv+"=1"), p.env...)
+	cmd.Env = append(childEnv(), p.env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		p.t.Fatal(err)
@@ -215,6 +216,23 @@ func (p *proc) waitLog(from int, parts ...string) string {
 	return line
 }
 
+// waitMessage polls the daemon's admin socket (in-process: cheaper than
+// running the binary) until message id satisfies cond.
+func (p *proc) waitMessage(id, what string, cond func(*spool.Message) bool) {
+	p.t.Helper()
+	testpeer.WaitFor(p.t, what+" of "+id, func() bool {
+		resp, err := adminCall(p.t.Context(), p.admin, adminRequest{Op: "show", ID: id})
+		return err == nil && resp.Message != nil && cond(resp.Message)
+	})
+}
+
+// childEnv is the environment of a child process acting as mta. A -race
+// binary sleeps a second at exit by default (GORACE atexit_sleep_ms); a
+// client command here exits dozens of times per test.
+func childEnv() []string {
+	return append(os.Environ(), asMTAEnv+"=1", "GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"))
+}
+
 // client is how a client command is run: as which user, under which name.
 type client struct {
 	uid   int    // -1: as the test runs
@@ -242,7 +260,7 @@ func (p *proc) run(c client, args ...string) result {
 		}
 	}
 	cmd := exec.CommandContext(p.t.Context(), path, args...)
-	cmd.Env = append(os.Environ(), asMTAEnv+"=1")
+	cmd.Env = childEnv()
 	cmd.Stdin = strings.NewReader(c.stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

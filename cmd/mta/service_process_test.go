@@ -18,6 +18,7 @@ import (
 	"mta/internal/peer"
 	"mta/internal/selfsigned"
 	"mta/internal/testpeer"
+	"mta/spool"
 )
 
 // asRoot skips a test that runs commands as another user.
@@ -76,7 +77,7 @@ func TestProcessQueueCommands(t *testing.T) {
 		t.Errorf("admin socket %s: %v, %v; want a socket with mode 0660", p.admin, fi.Mode(), err)
 	}
 	id := sendSMTP(t, p.relay, "a@sender.test", []string{"b@example.test"}, "Subject: one\r\n\r\nhello\r\n")
-	testpeer.WaitFor(t, "the deferral", func() bool { return strings.Contains(p.mta("queue", "show", id), "deferred, next attempt in") })
+	p.waitMessage(id, "the deferral", func(m *spool.Message) bool { return m.Envelope.Recipients[0].State == spool.Deferred })
 
 	list := p.mta("queue", "list")
 	for _, want := range []string{"DOMAIN", "example.test", "total: 1 message(s)", id, "a@sender.test", "451 4.3.0 try later"} {
@@ -111,11 +112,8 @@ func TestProcessQueueCommands(t *testing.T) {
 		t.Errorf("retry: %s", out)
 	}
 	waitMessages(t, mx, 1)
-	var show string
-	testpeer.WaitFor(t, "the retired record", func() bool {
-		show = p.mta("queue", "show", id)
-		return strings.Contains(show, "finished")
-	})
+	p.waitMessage(id, "the retired record", func(m *spool.Message) bool { return m.Retired })
+	show := p.mta("queue", "show", id)
 	for _, want := range []string{"retired record", "to <b@example.test>: delivered (2 attempt(s))", "rcpt: 451 4.3.0 try later", "mx.example.test[127.0.0.2]", "data: 250"} {
 		if !strings.Contains(show, want) {
 			t.Errorf("show of the delivered message lacks %q:\n%s", want, show)
@@ -131,11 +129,13 @@ func TestProcessQueueCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	id2 := sendSMTP(t, p.relay, "a@sender.test", []string{"c@example.test"}, "Subject: two\r\n\r\nhello\r\n")
-	testpeer.WaitFor(t, "the second deferral", func() bool { return strings.Contains(p.mta("queue", "show", id2), "deferred, next attempt in") })
+	p.waitMessage(id2, "the second deferral", func(m *spool.Message) bool { return m.Envelope.Recipients[0].State == spool.Deferred })
 	if out := p.mta("queue", "flush"); !strings.Contains(out, "1 recipient(s) due now") {
 		t.Errorf("flush: %s", out)
 	}
-	testpeer.WaitFor(t, "the second attempt", func() bool { return strings.Contains(p.mta("queue", "show", id2), "(2 attempt(s))") })
+	p.waitMessage(id2, "the second attempt", func(m *spool.Message) bool {
+		return m.Envelope.Recipients[0].AttemptCount == 2 && m.Envelope.Recipients[0].State == spool.Deferred
+	})
 	resp = decodeAdmin(t, p.mta("queue", "delete", id2, "--bounce", "--json"))
 	if resp.Error != "" {
 		t.Errorf("delete --json: %+v", resp)
@@ -144,7 +144,13 @@ func TestProcessQueueCommands(t *testing.T) {
 	if dsn[0].From != "" || dsn[0].To[0] != "a@sender.test" || !strings.Contains(string(dsn[0].Data), "deleted by the administrator") {
 		t.Errorf("bounce after delete: from <%s> to %v\n%s", dsn[0].From, dsn[0].To, dsn[0].Data)
 	}
-	testpeer.WaitFor(t, "an empty queue after the bounce", func() bool { return strings.Contains(p.mta("queue", "list"), "total: 0 message(s)") })
+	testpeer.WaitFor(t, "an empty queue after the bounce", func() bool {
+		resp, err := adminCall(t.Context(), p.admin, adminRequest{Op: "list"})
+		return err == nil && resp.Counts != nil && resp.Counts.Messages == 0
+	})
+	if out := p.mta("queue", "list"); !strings.Contains(out, "total: 0 message(s)") || strings.Contains(out, id2) {
+		t.Errorf("queue after the delete:\n%s", out)
+	}
 
 	for _, tc := range []struct {
 		args []string
@@ -536,7 +542,7 @@ func TestProcessDrain(t *testing.T) {
 		t.Errorf("message taken during the drain:\n%s", m.Data)
 	}
 	for _, msgID := range []string{id, id2} {
-		testpeer.WaitFor(t, "the retired record of "+msgID, func() bool { return strings.Contains(p.mta("queue", "show", msgID), "finished") })
+		p.waitMessage(msgID, "the retired record", func(m *spool.Message) bool { return m.Retired })
 	}
 	if out := p.mta("queue", "show", id); !strings.Contains(out, "delivered (1 attempt(s))") {
 		t.Errorf("the message delivered during the drain:\n%s", out)
@@ -578,7 +584,10 @@ func TestProcessDrainBounded(t *testing.T) {
 	}
 	p.start()
 	waitMessages(t, mx, 1)
-	testpeer.WaitFor(t, "the retired record", func() bool { return strings.Contains(p.mta("queue", "show", id), "delivered") })
+	p.waitMessage(id, "the retired record", func(m *spool.Message) bool { return m.Retired })
+	if out := p.mta("queue", "show", id); !strings.Contains(out, "delivered (2 attempt(s))") {
+		t.Errorf("the message abandoned at the stop:\n%s", out)
+	}
 }
 
 // TestProcessJSONLog: with log.format json every line on stderr is a JSON
