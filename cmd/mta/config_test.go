@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -253,5 +255,59 @@ func documentedKeys(node *yaml.Node, st reflect.Type, seen map[string]bool) {
 		default:
 			documentedKeys(val, sub, seen)
 		}
+	}
+}
+
+// TestSystemdUnit: configs/mta.service runs the daemon as the README and
+// the issue say (Type=notify with a watchdog, its own user, systemd's
+// state and runtime directories, the capability for ports 25/465/587,
+// hardening, SIGHUP for reload) and gives a stop more time than the
+// default drain_timeout; systemd-analyze, where present, accepts it.
+func TestSystemdUnit(t *testing.T) {
+	data, err := os.ReadFile("../../configs/mta.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := map[string][]string{}
+	for line := range strings.Lines(string(data)) {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if ok && !strings.HasPrefix(k, "#") {
+			unit[k] = append(unit[k], v)
+		}
+	}
+	for k, want := range map[string]string{
+		"Type": "notify", "NotifyAccess": "main", "ExecReload": "/bin/kill -HUP $MAINPID", "KillSignal": "SIGTERM",
+		"User": "mta", "StateDirectory": "mta", "RuntimeDirectory": "mta", "AmbientCapabilities": "CAP_NET_BIND_SERVICE",
+		"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes", "ProtectHome": "yes",
+	} {
+		if got := unit[k]; len(got) != 1 || got[0] != want {
+			t.Errorf("%s=%v, want %s", k, got, want)
+		}
+	}
+	if !strings.Contains(strings.Join(unit["ExecStart"], ""), "mta serve --config /etc/mta/mta.yaml") {
+		t.Errorf("ExecStart=%v", unit["ExecStart"])
+	}
+	for _, k := range []string{"WatchdogSec", "TimeoutStopSec"} {
+		if len(unit[k]) != 1 {
+			t.Fatalf("%s=%v", k, unit[k])
+		}
+	}
+	stop, err := time.ParseDuration(unit["TimeoutStopSec"][0])
+	if err != nil || stop <= time.Duration(Default().DrainTimeout) {
+		t.Errorf("TimeoutStopSec=%s does not outlast drain_timeout %s: the drain would be killed", unit["TimeoutStopSec"][0], time.Duration(Default().DrainTimeout))
+	}
+
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze not installed")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "mta.service")
+	writeFile(t, path, strings.ReplaceAll(string(data), "/usr/local/bin/mta", self))
+	if out, err := exec.CommandContext(t.Context(), analyze, "verify", path).CombinedOutput(); err != nil {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }

@@ -457,7 +457,10 @@ func submitOverConn(ctx context.Context, conn net.Conn, sub *submission) error {
 	if err := w.Close(); err != nil {
 		return err
 	}
-	_ = c.Quit() // the message is queued; a failed QUIT changes nothing
+	// The message is queued: a QUIT that fails or stalls changes nothing,
+	// and must not hold cron (or the maildrop import) long.
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = c.Quit()
 	return nil
 }
 

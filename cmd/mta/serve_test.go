@@ -28,6 +28,7 @@ type served struct {
 	submit  string
 	metrics string
 	log     *lineLog
+	all     testpeer.Buffer // every line, for a failed test's output
 	done    chan error
 }
 
@@ -92,6 +93,7 @@ func startServe(t *testing.T, config string) *served {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
 			line := sc.Text()
+			s.all.Write([]byte(line + "\n"))
 			if strings.Contains(line, "msg=ready") {
 				ready <- line
 			}
@@ -110,6 +112,9 @@ func startServe(t *testing.T, config string) *served {
 		}
 		if result != nil {
 			t.Errorf("serve: %v", result)
+		}
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", s.all.String())
 		}
 	})
 	select {
