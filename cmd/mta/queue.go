@@ -18,6 +18,7 @@ import (
 const queueSynopsis = `list|show ID|retry ID|all|hold ID|release ID|delete ID|flush [options]
 
   list            the queue by destination domain, then its messages
+                  (--retired: the finished ones, newest first)
   show ID         one message (live or retired) with every recipient's attempts
   retry ID|all    make deferred recipients due now
   hold ID         stop delivering a message until released
@@ -34,6 +35,7 @@ func runQueue(ctx context.Context, args []string, stdio Stdio) error {
 	sender := fs.String("sender", "", "list: only messages from this sender")
 	older := fs.Duration("older", 0, "list: only messages older than this")
 	limit := fs.Int("limit", 100, "list: at most this many messages")
+	retired := fs.Bool("retired", false, "list: the finished messages (delivered, bounced, deleted), newest first")
 	bounce := fs.Bool("bounce", false, "delete: send the sender a bounce")
 	// Options may follow the operation: mta queue show ID --json.
 	op, rest := "", args
@@ -57,6 +59,9 @@ func runQueue(ctx context.Context, args []string, stdio Stdio) error {
 	case "list", "flush":
 		if id != "" {
 			return exitf(exitUsage, "queue %s takes no ID", op)
+		}
+		if *retired && op == "list" {
+			req.Op = "retired"
 		}
 	case "retry":
 		if id == "all" {
@@ -99,12 +104,14 @@ func runQueue(ctx context.Context, args []string, stdio Stdio) error {
 		return enc.Encode(resp)
 	}
 	now := time.Now()
-	switch op {
-	case "list":
+	switch {
+	case req.Op == "retired":
+		printRetired(stdio.Out, resp, now)
+	case op == "list":
 		printQueueList(stdio.Out, resp, now)
-	case "show":
+	case op == "show":
 		printMessage(stdio.Out, resp.Message, now)
-	case "retry", "flush":
+	case op == "retry", op == "flush":
 		fmt.Fprintf(stdio.Out, "%d recipient(s) due now\n", resp.Changed)
 	default:
 		fmt.Fprintf(stdio.Out, "%s: %s done\n", id, op)
@@ -134,6 +141,23 @@ func printQueueList(w io.Writer, resp *adminResponse, now time.Time) {
 	_ = tw.Flush()
 	if resp.More {
 		fmt.Fprintln(w, "(more messages: raise --limit or filter)")
+	}
+}
+
+// printRetired lists finished messages, newest first.
+func printRetired(w io.Writer, resp *adminResponse, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "ID\tFINISHED\tSIZE\tSENDER\tRECIPIENTS\tLAST REPLY\n")
+	for _, m := range resp.Messages {
+		fmt.Fprintf(tw, "%s\t%s ago\t%d\t%s\t%s\t%s\n", m.ID, age(now, m.RetiredAt), m.Envelope.Size,
+			senderText(m.Envelope.Sender), rcptSummary(m.Envelope.Recipients), lastReply(m.Envelope.Recipients))
+	}
+	_ = tw.Flush()
+	if len(resp.Messages) == 0 {
+		fmt.Fprintln(w, "(no finished messages)")
+	}
+	if resp.Cursor != "" {
+		fmt.Fprintln(w, "(older messages: raise --limit)")
 	}
 }
 

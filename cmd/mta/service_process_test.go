@@ -151,6 +151,16 @@ func TestProcessQueueCommands(t *testing.T) {
 	if out := p.mta("queue", "list"); !strings.Contains(out, "total: 0 message(s)") || strings.Contains(out, id2) {
 		t.Errorf("queue after the delete:\n%s", out)
 	}
+	// The finished messages, newest first: the bounce, the deleted one,
+	// the delivered one.
+	finished := p.mta("queue", "list", "--retired")
+	if i, j := strings.Index(finished, id2), strings.Index(finished, id); i < 0 || j < i || !strings.Contains(finished, "b@example.test (1 delivered)") ||
+		!strings.Contains(finished, "c@example.test (1 failed)") || !strings.Contains(finished, "a@sender.test (1 delivered)") {
+		t.Errorf("queue list --retired:\n%s", finished)
+	}
+	if resp := decodeAdmin(t, p.mta("queue", "list", "--retired", "--limit", "2", "--json")); len(resp.Messages) != 2 || !resp.Messages[0].Retired || resp.Cursor == "" {
+		t.Errorf("queue list --retired --limit 2 --json: %+v", resp)
+	}
 
 	for _, tc := range []struct {
 		args []string
