@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -640,5 +641,31 @@ func TestProcessJSONLog(t *testing.T) {
 	}
 	if counts["message accepted"] != 1 || counts["delivery attempt"] != 2 {
 		t.Errorf("log lines for %s: %v, want 1 accepted and 2 attempts", id, counts)
+	}
+}
+
+// TestProcessAdminGroup: the admin socket belongs to admin.group, whose
+// members may run `mta queue`; other users may not.
+func TestProcessAdminGroup(t *testing.T) {
+	asRoot(t)
+	const group, member, outsider = "nogroup", nobodyUID, 1 // nobody's group; the daemon user
+	g, err := user.LookupGroup(group)
+	if err != nil || g.Gid != fmt.Sprint(member) {
+		t.Skipf("no group %s with gid %d: %v", group, member, err)
+	}
+	p := newProc(t, "1s", "admin: {group: "+group+"}\n")
+	p.start()
+	fi, err := os.Stat(p.admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Gid != member || fi.Mode().Perm() != 0o660 {
+		t.Errorf("admin socket gid %d mode %v, want gid %d (%s) mode 0660", st.Gid, fi.Mode().Perm(), member, group)
+	}
+	if r := p.run(client{uid: member}, "queue", "list", "--config", p.config); r.code != 0 || !strings.Contains(r.out, "total: 0 message(s)") {
+		t.Errorf("queue list by a member of %s: exit %d\n%s%s", group, r.code, r.out, r.err)
+	}
+	if r := p.run(client{uid: outsider}, "queue", "list", "--config", p.config); r.code != exitNoPerm || !strings.Contains(r.err, "members of group "+group) {
+		t.Errorf("queue list by uid %d: exit %d\n%s", outsider, r.code, r.err)
 	}
 }
