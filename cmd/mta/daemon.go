@@ -46,6 +46,7 @@ type daemonState struct {
 	local    *pipeListener // maildrop imports enter the Local intake here
 	listenOn []string      // "relay 127.0.0.1:25", for the log and the lab
 
+	hup    chan os.Signal     // SIGHUP, caught before start; nil: loop catches it
 	cancel context.CancelFunc // ends the background goroutines
 	wg     sync.WaitGroup
 	closes []func() // listeners and sockets, closed first at stop

@@ -34,6 +34,7 @@ type proc struct {
 	bin    string // the test binary, where every user may run it
 	hosts  map[string]*peer.Host
 	port   int // the MX hosts' port
+	dns    *testpeer.DNS
 	env    []string
 
 	// From the "ready" line of the current run.
@@ -59,7 +60,7 @@ func newProc(t *testing.T, retry, extra string) *proc {
 			t.Fatal(err)
 		}
 	}
-	p := &proc{t: t, dir: dir, config: filepath.Join(dir, "mta.yaml"), hosts: hosts, port: port, log: &procLog{}}
+	p := &proc{t: t, dir: dir, config: filepath.Join(dir, "mta.yaml"), hosts: hosts, port: port, dns: dns, log: &procLog{}}
 	p.bin = copyTestBinary(t, filepath.Join(dir, "mta"))
 	p.writeConfig(fmt.Sprintf(`hostname: mta.example.test
 myorigin: example.test
@@ -112,6 +113,13 @@ func (p *proc) editConfig(old, new string) {
 // start runs `mta serve --config` and returns when it logs "ready".
 func (p *proc) start() {
 	p.t.Helper()
+	p.waitReady(p.launch())
+}
+
+// launch starts `mta serve --config` and returns the index of its first
+// log line.
+func (p *proc) launch() int {
+	p.t.Helper()
 	cmd := exec.Command(p.bin, "serve", "--config", p.config)
 	cmd.Env = append(childEnv(), p.env...)
 	stderr, err := cmd.StderrPipe()
@@ -138,7 +146,14 @@ func (p *proc) start() {
 		p.err = cmd.Wait()
 		close(exited)
 	}()
-	ready, ok := p.log.waitFrom(from, 30*time.Second, exited, "ready", "listening")
+	return from
+}
+
+// waitReady waits for the "ready" line of the run whose log starts at
+// index from and takes the listeners' addresses from it.
+func (p *proc) waitReady(from int) {
+	p.t.Helper()
+	ready, ok := p.log.waitFrom(from, 30*time.Second, p.exited, "ready", "listening")
 	if !ok {
 		p.t.Fatalf("daemon not ready (exit: %v)", p.exitErr())
 	}

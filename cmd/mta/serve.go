@@ -34,6 +34,11 @@ func runServe(ctx context.Context, args []string, stdio Stdio) error {
 		return exitf(exitConfig, "%v", err)
 	}
 	d := &daemonState{cfg: cfg, configPath: *config, zero: *config == "", log: log}
+	// SIGHUP's default action ends the process: catch it from the start
+	// (a large spool can take a while to open); loop reloads then.
+	d.hup = make(chan os.Signal, 1)
+	signal.Notify(d.hup, syscall.SIGHUP)
+	defer signal.Stop(d.hup)
 	if err := d.start(ctx); err != nil {
 		d.stop()
 		_, _ = daemon.SdNotify(false, "STATUS=start failed: "+err.Error()) // no systemd: nothing to tell
@@ -83,9 +88,12 @@ func newLogger(c LogConfig, w io.Writer) (*slog.Logger, error) {
 // loop runs until ctx ends (SIGTERM, SIGINT): it reloads on SIGHUP and
 // pets the systemd watchdog; then it drains and stops.
 func (d *daemonState) loop(ctx context.Context) error {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+	hup := d.hup
+	if hup == nil {
+		hup = make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+	}
 	watchdog := make(<-chan time.Time)
 	if iv, err := daemon.SdWatchdogEnabled(false); err == nil && iv > 0 {
 		t := time.NewTicker(iv / 3)

@@ -669,3 +669,23 @@ func TestProcessAdminGroup(t *testing.T) {
 		t.Errorf("queue list by uid %d: exit %d\n%s", outsider, r.code, r.err)
 	}
 }
+
+// TestProcessHangupWhileStarting: a SIGHUP that comes while the daemon is
+// still starting (here: its hostname lookup held unanswered) neither ends
+// it, as SIGHUP's default action would, nor is lost: it reloads once the
+// daemon is up.
+func TestProcessHangupWhileStarting(t *testing.T) {
+	p := newProc(t, "1s", "")
+	release := p.dns.Hold("mta.example.test")
+	from := p.launch()
+	testpeer.WaitFor(t, "the start's hostname lookup", func() bool { return p.dns.Count("mta.example.test", "A") > 0 })
+	p.signal(syscall.SIGHUP)
+	release()
+	p.waitReady(from)
+	p.waitLog(from, "msg=reloaded")
+	if id := sendSMTP(t, p.relay, "a@sender.test", []string{"b@example.test"}, "Subject: up\r\n\r\nx\r\n"); id == "" {
+		t.Error("no queue ID")
+	}
+	waitMessages(t, p.hosts["127.0.0.2"], 1)
+	p.stop()
+}
