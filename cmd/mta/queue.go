@@ -283,7 +283,10 @@ func lastReply(rs []spool.Recipient) string {
 	if last.Time.IsZero() {
 		return "-"
 	}
-	s := strings.TrimSpace(fmt.Sprintf("%d %s %s", last.Code, last.Enhanced, last.Text))
+	s := strings.TrimSpace(fmt.Sprintf("%s %s", last.Enhanced, last.Text))
+	if last.Code != 0 { // 0: no reply (DNS, dial)
+		s = fmt.Sprintf("%d %s", last.Code, s)
+	}
 	if len(s) > 60 {
 		s = s[:57] + "..."
 	}
