@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -22,6 +24,9 @@ import (
 // The admin socket speaks one JSON request and one JSON response per
 // connection. Only the daemon opens the spool; `mta queue` asks it here.
 
+// maxAdminRequest bounds what the daemon reads of a request.
+const maxAdminRequest = 64 << 10
+
 // adminRequest is one queue operation.
 type adminRequest struct {
 	Op     string       `json:"op"` // list, show, retired, retry, hold, release, delete, flush
@@ -35,8 +40,10 @@ type adminRequest struct {
 
 // adminResponse carries the result or the error text.
 type adminResponse struct {
-	Error    string          `json:"error,omitempty"`
-	NotFound bool            `json:"not_found,omitempty"`
+	Error    string `json:"error,omitempty"`
+	NotFound bool   `json:"not_found,omitempty"`
+	// Denied: the caller is not root, the daemon's user or in admin.group.
+	Denied   bool            `json:"denied,omitempty"`
 	Counts   *spool.Counts   `json:"counts,omitempty"`
 	Messages []spool.Message `json:"messages,omitempty"`
 	More     bool            `json:"more,omitempty"`
@@ -92,11 +99,11 @@ func (a *adminServer) handle(conn net.Conn) {
 	uid, err := peerUID(conn)
 	if err != nil || !a.allowed(uid) {
 		a.log.Warn("admin socket: peer refused", "uid", uid, "err", err)
-		_ = json.NewEncoder(conn).Encode(adminResponse{Error: "permission denied: not in the admin group"})
+		_ = json.NewEncoder(conn).Encode(adminResponse{Error: "permission denied: not in the admin group", Denied: true})
 		return
 	}
 	var req adminRequest
-	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&req); err != nil {
+	if err := json.NewDecoder(bufio.NewReader(io.LimitReader(conn, maxAdminRequest))).Decode(&req); err != nil {
 		_ = json.NewEncoder(conn).Encode(adminResponse{Error: "bad request: " + err.Error()})
 		return
 	}
@@ -230,16 +237,22 @@ func adminAllowed(group string) func(uid int) bool {
 func adminCall(ctx context.Context, path string, req adminRequest) (*adminResponse, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", path)
+	if errors.Is(err, fs.ErrPermission) {
+		return nil, fmt.Errorf("not allowed to use the daemon's admin socket %s: %w", path, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the daemon at %s (is \"mta serve\" running?): %w", path, err)
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(2 * time.Minute))
-	if err := json.NewEncoder(conn).Encode(req); err != nil {
-		return nil, err
-	}
+	// A daemon that refuses the caller answers without reading the
+	// request and closes: the answer is there even when the write failed.
+	werr := json.NewEncoder(conn).Encode(req)
 	var resp adminResponse
 	if err := json.NewDecoder(conn).Decode(&resp); err != nil {
+		if werr != nil {
+			return nil, werr
+		}
 		return nil, fmt.Errorf("reading the daemon's answer: %w", err)
 	}
 	return &resp, nil

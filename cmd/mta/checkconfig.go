@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"os"
+	"os/user"
+	"strconv"
 	"strings"
 )
 
@@ -25,6 +29,10 @@ func runCheckConfig(ctx context.Context, args []string, stdio Stdio) error {
 	if err != nil {
 		return exitf(exitConfig, "%v", err)
 	}
+	if err := c.checkFiles(fs.Arg(0)); err != nil {
+		fmt.Fprintln(stdio.Err, err.Error())
+		return &exitError{code: exitConfig}
+	}
 	warnings := c.Warnings()
 	for _, w := range warnings {
 		fmt.Fprintf(stdio.Out, "warning: %s\n", w)
@@ -37,8 +45,8 @@ func runCheckConfig(ctx context.Context, args []string, stdio Stdio) error {
 // wants to fix.
 func (c *Config) Warnings() []string {
 	var w []string
-	if !strings.Contains(c.Hostname, ".") {
-		w = append(w, fmt.Sprintf("hostname %q is not fully qualified (RFC 5321 §4.1.4); receivers may refuse our EHLO", c.Hostname))
+	if strings.HasSuffix(c.Hostname, ".localdomain") {
+		w = append(w, fmt.Sprintf("hostname %q is not a public name (RFC 5321 §4.1.4); receivers may refuse our EHLO", c.Hostname))
 	}
 	if len(c.LocalDomains) > 0 {
 		for _, lp := range []string{"postmaster", "root", "MAILER-DAEMON"} {
@@ -80,4 +88,60 @@ func (c *Config) hasAlias(lp string) bool {
 		}
 	}
 	return len(c.LocalDomains) > 0
+}
+
+// checkFiles reports every file and user the config names that the daemon
+// could not use at start (a missing key, an unknown trusted user), each
+// with its key path and line, as a *ConfigError; nil when all is there.
+func (c *Config) checkFiles(path string) error {
+	v := &validator{}
+	if c.TLS.CertFile != "" {
+		if _, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile); err != nil {
+			v.add("tls.cert_file", "%v", err)
+		}
+	}
+	if c.UsersFile != "" {
+		if _, err := loadUsersFile(c.UsersFile); err != nil {
+			v.add("users_file", "%v", err)
+		}
+	}
+	for i, k := range c.DKIM {
+		if _, err := loadDKIMKey(k.KeyFile); err != nil {
+			v.add(fmt.Sprintf("dkim[%d].key_file", i), "%v", err)
+		}
+	}
+	for _, d := range sortedKeys(c.Routes) {
+		checkPasswordFile(v, "routes."+d, c.Routes[d])
+	}
+	if c.Relayhost != nil {
+		checkPasswordFile(v, "relayhost", c.Relayhost.Route)
+	}
+	for i, u := range c.SendmailTrust {
+		if _, err := strconv.Atoi(u); err == nil {
+			continue
+		}
+		if _, err := user.Lookup(u); err != nil {
+			v.add(fmt.Sprintf("sendmail_trusted_users[%d]", i), "%v", err)
+		}
+	}
+	if len(v.problems) == 0 {
+		return nil
+	}
+	lines := map[string]int{}
+	if data, err := os.ReadFile(path); err == nil {
+		lines = keyLines(data)
+	}
+	for i, p := range v.problems {
+		v.problems[i] = withLine(p, lines)
+	}
+	return &ConfigError{File: path, Problems: v.problems}
+}
+
+func checkPasswordFile(v *validator, path string, r Route) {
+	if r.Auth == nil {
+		return
+	}
+	if _, err := os.ReadFile(r.Auth.PasswordFile); err != nil {
+		v.add(path+".auth.password_file", "%v", err)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,6 +22,7 @@ type Config struct {
 	MyOrigin      string            `yaml:"myorigin"`
 	StateDir      string            `yaml:"state_dir"`
 	RuntimeDir    string            `yaml:"runtime_dir"`
+	DrainTimeout  Duration          `yaml:"drain_timeout"`
 	LocalDomains  []string          `yaml:"local_domains"`
 	Aliases       map[string]string `yaml:"aliases"`
 	TrustedNets   []string          `yaml:"trusted_networks"`
@@ -195,7 +197,7 @@ func LoadConfig(path string) (*Config, error) {
 	return ParseConfig(data, path)
 }
 
-var unknownField = regexp.MustCompile(`^line (\d+): field (\S+) not found in type \S+$`)
+var unknownField = regexp.MustCompile(`^line (\d+): field (.+) not found in type \S+$`)
 
 // ParseConfig is LoadConfig on bytes; name labels the messages.
 func ParseConfig(data []byte, name string) (*Config, error) {
@@ -220,8 +222,8 @@ func parseConfigOnto(c *Config, data []byte, name string) (*Config, error) {
 }
 
 // decodeStrict decodes YAML into v with unknown keys refused, and returns
-// every such problem and bad value with its line; err is for YAML that
-// cannot be read at all.
+// every such problem and bad value with its line and, where the line
+// tells, its key path; err is for YAML that cannot be read at all.
 func decodeStrict(data []byte, name string, v any) (problems []string, err error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -230,14 +232,67 @@ func decodeStrict(data []byte, name string, v any) (problems []string, err error
 		if !errors.As(err, &te) {
 			return nil, fmt.Errorf("%s: %v", name, err)
 		}
+		idx := indexYAML(data)
 		for _, e := range te.Errors {
-			if m := unknownField.FindStringSubmatch(e); m != nil {
-				e = fmt.Sprintf("line %s: unknown key %q", m[1], m[2])
-			}
-			problems = append(problems, e)
+			problems = append(problems, idx.name(e))
 		}
 	}
 	return problems, nil
+}
+
+var lineProblem = regexp.MustCompile(`^line (\d+): (.*)$`)
+
+// name rewrites one of yaml.v3's "line N: ..." problems so it names the
+// key: an unknown key with the mapping it is in, a bad value with its
+// key path. A line that holds several candidates (a flow mapping) keeps
+// the problem as it is.
+func (x yamlIndex) name(problem string) string {
+	if m := unknownField.FindStringSubmatch(problem); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		msg := fmt.Sprintf("line %d: unknown key %q", line, m[2])
+		var parents []string
+		for _, k := range x.keys[line] {
+			if k.value == m[2] {
+				parents = append(parents, k.parent)
+			}
+		}
+		if len(parents) == 1 && parents[0] != "" {
+			msg += " in " + parents[0]
+		}
+		return msg
+	}
+	m := lineProblem.FindStringSubmatch(problem)
+	if m == nil {
+		return problem
+	}
+	line, _ := strconv.Atoi(m[1])
+	kind := yaml.ScalarNode
+	if strings.Contains(m[2], "!!seq") {
+		kind = yaml.SequenceNode
+	} else if strings.Contains(m[2], "!!map") {
+		kind = yaml.MappingNode
+	}
+	var all, paths []string
+	for _, n := range x.values[line] {
+		if n.kind != kind {
+			continue
+		}
+		all = append(all, n.path)
+		// yaml.v3 quotes a bad value in backticks, cut after 7 octets;
+		// the Duration type quotes it whole.
+		v := n.value
+		if strings.Contains(m[2], "`"+v+"`") || strings.Contains(m[2], strconv.Quote(v)) ||
+			len(v) > 10 && strings.Contains(m[2], "`"+v[:7]+"...`") {
+			paths = append(paths, n.path)
+		}
+	}
+	if len(all) == 1 {
+		paths = all
+	}
+	if len(paths) == 1 {
+		return fmt.Sprintf("line %d: %s: %s", line, paths[0], m[2])
+	}
+	return problem
 }
 
 // ConfigError lists every problem found in a config file.
@@ -253,34 +308,53 @@ func (e *ConfigError) Error() string {
 // keyLines maps each key path of a YAML document ("delivery.retry_min",
 // "dkim[0].key_file") to the line it is on, so validation problems can
 // name their line.
-func keyLines(data []byte) map[string]int {
+func keyLines(data []byte) map[string]int { return indexYAML(data).lines }
+
+// yamlIndex locates the keys and values of a YAML document: the line of
+// each key path, and what is on each line.
+type yamlIndex struct {
+	lines  map[string]int
+	keys   map[int][]yamlEntry // key nodes by line; value is the key
+	values map[int][]yamlEntry // value nodes by line, with their key path
+}
+
+type yamlEntry struct {
+	path, parent, value string
+	kind                yaml.Kind
+}
+
+func indexYAML(data []byte) yamlIndex {
+	x := yamlIndex{lines: map[string]int{}, keys: map[int][]yamlEntry{}, values: map[int][]yamlEntry{}}
 	var doc yaml.Node
-	lines := map[string]int{}
 	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 {
-		return lines
+		return x
 	}
 	var walk func(n *yaml.Node, path string)
 	walk = func(n *yaml.Node, path string) {
 		switch n.Kind {
 		case yaml.MappingNode:
 			for i := 0; i+1 < len(n.Content); i += 2 {
-				p := n.Content[i].Value
+				k, v := n.Content[i], n.Content[i+1]
+				p := k.Value
 				if path != "" {
 					p = path + "." + p
 				}
-				lines[p] = n.Content[i].Line
-				walk(n.Content[i+1], p)
+				x.lines[p] = k.Line
+				x.keys[k.Line] = append(x.keys[k.Line], yamlEntry{path: p, parent: path, value: k.Value, kind: k.Kind})
+				x.values[v.Line] = append(x.values[v.Line], yamlEntry{path: p, parent: path, value: v.Value, kind: v.Kind})
+				walk(v, p)
 			}
 		case yaml.SequenceNode:
 			for i, c := range n.Content {
 				p := fmt.Sprintf("%s[%d]", path, i)
-				lines[p] = c.Line
+				x.lines[p] = c.Line
+				x.values[c.Line] = append(x.values[c.Line], yamlEntry{path: p, parent: path, value: c.Value, kind: c.Kind})
 				walk(c, p)
 			}
 		}
 	}
 	walk(doc.Content[0], "")
-	return lines
+	return x
 }
 
 // withLine prefixes a "path: message" problem with the line of the

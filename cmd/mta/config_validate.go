@@ -24,8 +24,9 @@ func Default() *Config {
 		host += ".localdomain"
 	}
 	return &Config{
-		Hostname:    host,
-		TrustedNets: []string{"127.0.0.0/8", "::1/128"},
+		Hostname:     host,
+		DrainTimeout: Duration(30 * time.Second),
+		TrustedNets:  []string{"127.0.0.0/8", "::1/128"},
 		Listeners: Listeners{
 			Relay:       []string{"127.0.0.1:25"},
 			Submission:  []string{"127.0.0.1:587"},
@@ -70,10 +71,14 @@ func (c *Config) Validate() []string {
 	v := &validator{}
 	if c.Hostname == "" {
 		v.add("hostname", "is empty and the system host name is unknown")
-	} else if _, err := mailaddr.NormalizeDomain(c.Hostname + ".invalid"); err != nil {
-		// A dotless name is only warned about at start (RFC 5321 §4.1.4
-		// wants an FQDN), so zero-config runs on any machine.
-		v.add("hostname", "%q is not a host name", c.Hostname)
+	} else if _, err := mailaddr.NormalizeDomain(c.Hostname); err != nil || strings.HasPrefix(c.Hostname, "[") {
+		// Delivery says it in every EHLO: RFC 5321 §4.1.4 wants an FQDN.
+		// (Zero-config runs on a dotless system name with ".localdomain"
+		// added, and the start warns.)
+		v.add("hostname", "%q is not a fully qualified domain name (RFC 5321 §4.1.4)", c.Hostname)
+	}
+	if c.DrainTimeout <= 0 {
+		v.add("drain_timeout", "must be positive")
 	}
 	if c.MyOrigin != "" {
 		v.domain("myorigin", c.MyOrigin)

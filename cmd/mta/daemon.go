@@ -46,6 +46,7 @@ type daemonState struct {
 	local    *pipeListener // maildrop imports enter the Local intake here
 	listenOn []string      // "relay 127.0.0.1:25", for the log and the lab
 
+	hup    chan os.Signal     // SIGHUP, caught before start; nil: loop catches it
 	cancel context.CancelFunc // ends the background goroutines
 	wg     sync.WaitGroup
 	closes []func() // listeners and sockets, closed first at stop
@@ -55,7 +56,7 @@ type daemonState struct {
 // spool, delivery, listeners, sockets, metrics. On error the caller runs
 // stop, which undoes what was started.
 func (d *daemonState) start(ctx context.Context) error {
-	d.dirs = resolveDirs(d.cfg)
+	d.dirs = resolveDirs(d.cfg, os.Getenv)
 	d.log.Info("starting mta", "version", version(), "hostname", d.cfg.Hostname, "config", d.configName(),
 		"state_dir", d.dirs.State, "runtime_dir", d.dirs.Runtime)
 	for _, dir := range []string{d.dirs.State, d.dirs.Runtime} {
@@ -109,14 +110,14 @@ func (d *daemonState) configName() string {
 }
 
 // stop drains and closes everything start opened: listeners first (no new
-// mail), then sessions and deliveries in flight (bounded by drainTime),
+// mail), then sessions and deliveries in flight (bounded by drain_timeout),
 // then the spool. Nothing accepted is lost: what is not delivered stays
 // due in the spool.
 func (d *daemonState) stop() {
 	for _, c := range d.closes {
 		c()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), drainTime)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(d.cfg.DrainTimeout))
 	defer cancel()
 	var wg sync.WaitGroup
 	if d.srv != nil {

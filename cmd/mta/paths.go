@@ -26,17 +26,17 @@ type dirs struct {
 }
 
 // resolveDirs applies the config, then systemd's $STATE_DIRECTORY /
-// $RUNTIME_DIRECTORY, then ./mta-data.
-func resolveDirs(c *Config) dirs {
+// $RUNTIME_DIRECTORY (read through getenv), then ./mta-data.
+func resolveDirs(c *Config, getenv func(string) string) dirs {
 	d := dirs{State: c.StateDir, Runtime: c.RuntimeDir}
 	if d.State == "" {
-		d.State = firstPath(os.Getenv("STATE_DIRECTORY"))
+		d.State = firstPath(getenv("STATE_DIRECTORY"))
 	}
 	if d.State == "" {
 		d.State = defaultState
 	}
 	if d.Runtime == "" {
-		d.Runtime = firstPath(os.Getenv("RUNTIME_DIRECTORY"))
+		d.Runtime = firstPath(getenv("RUNTIME_DIRECTORY"))
 	}
 	if d.Runtime == "" {
 		d.Runtime = d.State
@@ -48,6 +48,14 @@ func resolveDirs(c *Config) dirs {
 		d.Runtime = abs
 	}
 	return d
+}
+
+// clientDirs are the daemon's directories as a client command (sendmail,
+// queue, spool) finds them: from the config alone. The caller's own
+// $STATE_DIRECTORY / $RUNTIME_DIRECTORY, when it runs under systemd
+// itself (cron, php-fpm), name that service's directories, not mta's.
+func clientDirs(c *Config) dirs {
+	return resolveDirs(c, func(string) string { return "" })
 }
 
 // firstPath takes the first of systemd's colon-separated directories.

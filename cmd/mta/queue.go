@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -16,6 +18,7 @@ import (
 const queueSynopsis = `list|show ID|retry ID|all|hold ID|release ID|delete ID|flush [options]
 
   list            the queue by destination domain, then its messages
+                  (--retired: the finished ones, newest first)
   show ID         one message (live or retired) with every recipient's attempts
   retry ID|all    make deferred recipients due now
   hold ID         stop delivering a message until released
@@ -32,6 +35,7 @@ func runQueue(ctx context.Context, args []string, stdio Stdio) error {
 	sender := fs.String("sender", "", "list: only messages from this sender")
 	older := fs.Duration("older", 0, "list: only messages older than this")
 	limit := fs.Int("limit", 100, "list: at most this many messages")
+	retired := fs.Bool("retired", false, "list: the finished messages (delivered, bounced, deleted), newest first")
 	bounce := fs.Bool("bounce", false, "delete: send the sender a bounce")
 	// Options may follow the operation: mta queue show ID --json.
 	op, rest := "", args
@@ -56,6 +60,9 @@ func runQueue(ctx context.Context, args []string, stdio Stdio) error {
 		if id != "" {
 			return exitf(exitUsage, "queue %s takes no ID", op)
 		}
+		if *retired && op == "list" {
+			req.Op = "retired"
+		}
 	case "retry":
 		if id == "all" {
 			req.ID = ""
@@ -74,14 +81,20 @@ func runQueue(ctx context.Context, args []string, stdio Stdio) error {
 	if err != nil {
 		return exitf(exitConfig, "%v", err)
 	}
-	resp, err := adminCall(ctx, filepath.Join(resolveDirs(cfg).Runtime, adminSocket), req)
+	resp, err := adminCall(ctx, filepath.Join(clientDirs(cfg).Runtime, adminSocket), req)
+	if errors.Is(err, iofs.ErrPermission) {
+		return exitf(exitNoPerm, "%v (members of group %s may use mta queue)", err, cfg.Admin.Group)
+	}
 	if err != nil {
 		return exitf(exitTempFail, "%v", err)
 	}
 	if resp.Error != "" {
 		code := exitFailure
-		if resp.NotFound {
+		switch {
+		case resp.NotFound:
 			code = exitDataErr
+		case resp.Denied:
+			code = exitNoPerm
 		}
 		return exitf(code, "queue %s: %s", op, resp.Error)
 	}
@@ -91,12 +104,14 @@ func runQueue(ctx context.Context, args []string, stdio Stdio) error {
 		return enc.Encode(resp)
 	}
 	now := time.Now()
-	switch op {
-	case "list":
+	switch {
+	case req.Op == "retired":
+		printRetired(stdio.Out, resp, now)
+	case op == "list":
 		printQueueList(stdio.Out, resp, now)
-	case "show":
+	case op == "show":
 		printMessage(stdio.Out, resp.Message, now)
-	case "retry", "flush":
+	case op == "retry", op == "flush":
 		fmt.Fprintf(stdio.Out, "%d recipient(s) due now\n", resp.Changed)
 	default:
 		fmt.Fprintf(stdio.Out, "%s: %s done\n", id, op)
@@ -126,6 +141,23 @@ func printQueueList(w io.Writer, resp *adminResponse, now time.Time) {
 	_ = tw.Flush()
 	if resp.More {
 		fmt.Fprintln(w, "(more messages: raise --limit or filter)")
+	}
+}
+
+// printRetired lists finished messages, newest first.
+func printRetired(w io.Writer, resp *adminResponse, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "ID\tFINISHED\tSIZE\tSENDER\tRECIPIENTS\tLAST REPLY\n")
+	for _, m := range resp.Messages {
+		fmt.Fprintf(tw, "%s\t%s ago\t%d\t%s\t%s\t%s\n", m.ID, age(now, m.RetiredAt), m.Envelope.Size,
+			senderText(m.Envelope.Sender), rcptSummary(m.Envelope.Recipients), lastReply(m.Envelope.Recipients))
+	}
+	_ = tw.Flush()
+	if len(resp.Messages) == 0 {
+		fmt.Fprintln(w, "(no finished messages)")
+	}
+	if resp.Cursor != "" {
+		fmt.Fprintln(w, "(older messages: raise --limit)")
 	}
 }
 
@@ -251,7 +283,10 @@ func lastReply(rs []spool.Recipient) string {
 	if last.Time.IsZero() {
 		return "-"
 	}
-	s := strings.TrimSpace(fmt.Sprintf("%d %s %s", last.Code, last.Enhanced, last.Text))
+	s := strings.TrimSpace(fmt.Sprintf("%s %s", last.Enhanced, last.Text))
+	if last.Code != 0 { // 0: no reply (DNS, dial)
+		s = fmt.Sprintf("%d %s", last.Code, s)
+	}
 	if len(s) > 60 {
 		s = s[:57] + "..."
 	}

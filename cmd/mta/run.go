@@ -36,6 +36,7 @@ const (
 	exitNoHost   = 68 // EX_NOHOST: permanent, no route
 	exitSoftware = 70 // EX_SOFTWARE
 	exitTempFail = 75 // EX_TEMPFAIL: try again later
+	exitNoPerm   = 77 // EX_NOPERM
 	exitConfig   = 78 // EX_CONFIG
 )
 

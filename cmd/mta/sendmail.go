@@ -26,9 +26,12 @@ type sendmailArgs struct {
 	extract   bool   // -t
 	ignoreDot bool   // -i, -oi
 	sender    string // -f
-	fullName  string // -F
-	config    string // -C
-	rcpts     []string
+	// nullSender: -f '<>' (or -f ''), the null reverse-path, which only a
+	// trusted user gets.
+	nullSender bool
+	fullName   string // -F
+	config     string // -C
+	rcpts      []string
 }
 
 // parseSendmailArgs reads sendmail-style options: "-f addr" and "-faddr"
@@ -63,6 +66,7 @@ func parseSendmailArgs(args []string) (sendmailArgs, error) {
 			switch opt {
 			case "f", "r":
 				a.sender = strings.Trim(val, "<>")
+				a.nullSender = a.sender == ""
 			case "F":
 				a.fullName = val
 			case "C":
@@ -118,6 +122,9 @@ type submission struct {
 	From  string // envelope sender; "" lets the daemon choose login@myorigin
 	Rcpts []string
 	Data  []byte // CRLF lines
+	// OwnSender: From is login@myorigin as this side computed it, not a
+	// -f; when the daemon disagrees (553) it is left to the daemon.
+	OwnSender bool
 }
 
 // maxLineOctets is RFC 5322 §2.1.1's limit, without the CRLF.
@@ -197,7 +204,13 @@ func buildSubmission(a sendmailArgs, data []byte, login, origin string, now time
 	if len(rcpts) == 0 {
 		return nil, errors.New("no recipients (give addresses or use -t)")
 	}
-	sender := qualify(a.sender, origin)
+	// Without -f the sender is the user, as sendmail has it; an empty
+	// MAIL FROM would be the null reverse-path for a trusted user (no
+	// bounce could ever come back).
+	sender, own := qualify(a.sender, origin), false
+	if sender == "" && !a.nullSender {
+		sender, own = login+"@"+origin, true
+	}
 	var extra strings.Builder
 	if len(fields["From"]) == 0 {
 		from := sender
@@ -216,7 +229,7 @@ func buildSubmission(a sendmailArgs, data []byte, login, origin string, now time
 	out := append([]byte(extra.String()), head...)
 	out = append(out, "\r\n"...)
 	out = append(out, body...)
-	return &submission{From: sender, Rcpts: dedupe(rcpts), Data: out}, nil
+	return &submission{From: sender, Rcpts: dedupe(rcpts), Data: out, OwnSender: own}, nil
 }
 
 // splitHeader splits a CRLF message at its first empty line; the header
@@ -341,13 +354,20 @@ func randomHex(n int) string {
 // goes to the maildrop, imported at the daemon's next start. Only when
 // both fail does sendmail exit 75 (EX_TEMPFAIL): cron output is never lost.
 func deliverSubmission(ctx context.Context, cfg *Config, sub *submission, stdio Stdio) error {
-	d := resolveDirs(cfg)
-	err := submitOverSocket(ctx, submitSocketPaths(d), sub)
+	d := clientDirs(cfg)
+	err := submitOverSocket(ctx, submitSocketPaths(cfg, d), sub)
 	var se *smtp.SMTPError
+	if errors.As(err, &se) && se.Code == 553 && sub.OwnSender {
+		// Our idea of login@myorigin is not the daemon's (another
+		// config): let it choose.
+		own := *sub
+		own.From = ""
+		err = submitOverSocket(ctx, submitSocketPaths(cfg, d), &own)
+	}
 	if errors.As(err, &se) && !se.Temporary() {
 		code := exitDataErr
 		if se.EnhancedCode[1] == 7 {
-			code = 77 // EX_NOPERM: e.g. -f for a sender this user may not use
+			code = exitNoPerm // e.g. -f for a sender this user may not use
 		}
 		return exitf(code, "sendmail: refused: %d %d.%d.%d %s", se.Code,
 			se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
@@ -355,7 +375,13 @@ func deliverSubmission(ctx context.Context, cfg *Config, sub *submission, stdio 
 	if err == nil {
 		return nil
 	}
-	name, derr := writeMaildrop(filepath.Join(d.State, maildropSubdir), sub, time.Now())
+	var name string
+	var derr error
+	for _, dir := range maildropPaths(cfg, d) {
+		if name, derr = writeMaildrop(dir, sub, time.Now()); derr == nil {
+			break
+		}
+	}
 	if derr != nil {
 		return exitf(exitTempFail, "sendmail: daemon unavailable (%v) and maildrop failed (%v)", err, derr)
 	}
@@ -363,10 +389,25 @@ func deliverSubmission(ctx context.Context, cfg *Config, sub *submission, stdio 
 	return nil
 }
 
-func submitSocketPaths(d dirs) []string {
+// submitSocketPaths is where the daemon's submit socket is: the runtime
+// directory, and the systemd unit's /run/mta when the config names no
+// directory (no /etc/mta/mta.yaml: the defaults would look in ./mta-data).
+// A config that names its directories is never second-guessed: a message
+// must not reach another daemon than the one configured.
+func submitSocketPaths(cfg *Config, d dirs) []string {
 	paths := []string{filepath.Join(d.Runtime, submitSocket)}
-	if d.Runtime != "/run/mta" {
+	if cfg.StateDir == "" && cfg.RuntimeDir == "" && d.Runtime != "/run/mta" {
 		paths = append(paths, "/run/mta/"+submitSocket)
+	}
+	return paths
+}
+
+// maildropPaths are the maildrops to try, like submitSocketPaths: the
+// state directory's, and the systemd unit's when the config names none.
+func maildropPaths(cfg *Config, d dirs) []string {
+	paths := []string{filepath.Join(d.State, maildropSubdir)}
+	if cfg.StateDir == "" && cfg.RuntimeDir == "" && d.State != "/var/lib/mta" {
+		paths = append(paths, "/var/lib/mta/"+maildropSubdir)
 	}
 	return paths
 }
@@ -416,7 +457,10 @@ func submitOverConn(ctx context.Context, conn net.Conn, sub *submission) error {
 	if err := w.Close(); err != nil {
 		return err
 	}
-	_ = c.Quit() // the message is queued; a failed QUIT changes nothing
+	// The message is queued: a QUIT that fails or stalls changes nothing,
+	// and must not hold cron (or the maildrop import) long.
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	_ = c.Quit()
 	return nil
 }
 

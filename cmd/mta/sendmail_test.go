@@ -21,6 +21,7 @@ func TestParseSendmailArgs(t *testing.T) {
 		{"separate values", []string{"-t", "-f", "<me@example.org>", "-F", "Me Myself", "-oi"}, sendmailArgs{extract: true, sender: "me@example.org", fullName: "Me Myself", ignoreDot: true}, false},
 		{"attached -f and --", []string{"-fme@example.org", "--", "-odd@example.org"}, sendmailArgs{sender: "me@example.org", rcpts: []string{"-odd@example.org"}}, false},
 		{"config file", []string{"-C", "/etc/x.yaml", "a@example.org"}, sendmailArgs{config: "/etc/x.yaml", rcpts: []string{"a@example.org"}}, false},
+		{"null sender", []string{"-f", "<>", "a@example.org"}, sendmailArgs{nullSender: true, rcpts: []string{"a@example.org"}}, false},
 		{"missing value", []string{"-f"}, sendmailArgs{}, true},
 		{"daemon mode refused", []string{"-bd"}, sendmailArgs{}, true},
 		{"unknown option", []string{"-Z"}, sendmailArgs{}, true},
@@ -74,8 +75,12 @@ func TestBuildSubmission(t *testing.T) {
 	if strings.Contains(data, "secret") || strings.Contains(data, "Bcc") {
 		t.Errorf("Bcc survived:\n%s", data)
 	}
-	if sub.From != "" {
-		t.Errorf("envelope sender = %q, want empty (daemon chooses)", sub.From)
+	if sub.From != "alice@host.example.test" || !sub.OwnSender {
+		t.Errorf("envelope sender = %q (own %v), want the user's alice@host.example.test", sub.From, sub.OwnSender)
+	}
+	sub, err = buildSubmission(sendmailArgs{nullSender: true, rcpts: []string{"x@example.org"}}, msg, "alice", "host.example.test", now)
+	if err != nil || sub.From != "" || sub.OwnSender || !strings.Contains(string(sub.Data), "From: <alice@host.example.test>\r\n") {
+		t.Errorf("-f '<>': envelope sender %q (own %v), %v\n%s", sub.From, sub.OwnSender, err, sub.Data)
 	}
 
 	kept := []byte("From: me@example.org\r\nDate: x\r\nMessage-ID: <a@b>\r\n\r\nbody\r\n")

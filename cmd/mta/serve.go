@@ -15,10 +15,6 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 )
 
-// drainTime bounds a graceful stop: sessions and deliveries in flight get
-// this long to finish (the systemd unit allows 45 s).
-const drainTime = 30 * time.Second
-
 func runServe(ctx context.Context, args []string, stdio Stdio) error {
 	fs := newFlagSet("serve", "[--config FILE]", stdio)
 	config := fs.String("config", "", "config file (without one, mta runs on its embedded local defaults)")
@@ -39,6 +35,11 @@ func runServe(ctx context.Context, args []string, stdio Stdio) error {
 	}
 	d := &daemonState{cfg: cfg, configPath: *config, zero: *config == "", log: log,
 		timeouts: everyPhase(time.Duration(cfg.Delivery.SessionTimeout))}
+	// SIGHUP's default action ends the process: catch it from the start
+	// (a large spool can take a while to open); loop reloads then.
+	d.hup = make(chan os.Signal, 1)
+	signal.Notify(d.hup, syscall.SIGHUP)
+	defer signal.Stop(d.hup)
 	if err := d.start(ctx); err != nil {
 		d.stop()
 		_, _ = daemon.SdNotify(false, "STATUS=start failed: "+err.Error()) // no systemd: nothing to tell
@@ -58,6 +59,9 @@ func serveConfig(path string, stderr io.Writer) (*Config, error) {
 		return cfg, nil
 	}
 	cfg, err := LoadConfig(path)
+	if err == nil {
+		err = cfg.checkFiles(path)
+	}
 	var ce *ConfigError
 	if errors.As(err, &ce) {
 		fmt.Fprintln(stderr, ce.Error())
@@ -85,9 +89,12 @@ func newLogger(c LogConfig, w io.Writer) (*slog.Logger, error) {
 // loop runs until ctx ends (SIGTERM, SIGINT): it reloads on SIGHUP and
 // pets the systemd watchdog; then it drains and stops.
 func (d *daemonState) loop(ctx context.Context) error {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+	hup := d.hup
+	if hup == nil {
+		hup = make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+	}
 	watchdog := make(<-chan time.Time)
 	if iv, err := daemon.SdWatchdogEnabled(false); err == nil && iv > 0 {
 		t := time.NewTicker(iv / 3)
@@ -100,7 +107,7 @@ func (d *daemonState) loop(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			d.notify("STOPPING=1\nSTATUS=draining")
-			d.log.Info("stopping: draining sessions and deliveries", "max", drainTime)
+			d.log.Info("stopping: draining sessions and deliveries", "max", time.Duration(d.cfg.DrainTimeout))
 			d.stop()
 			d.log.Info("stopped")
 			return nil

@@ -28,6 +28,7 @@ type served struct {
 	submit  string
 	metrics string
 	log     *lineLog
+	all     testpeer.Buffer // every line, for a failed test's output
 	done    chan error
 }
 
@@ -92,6 +93,7 @@ func startServe(t *testing.T, config string) *served {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
 			line := sc.Text()
+			s.all.Write([]byte(line + "\n"))
 			if strings.Contains(line, "msg=ready") {
 				ready <- line
 			}
@@ -110,6 +112,9 @@ func startServe(t *testing.T, config string) *served {
 		}
 		if result != nil {
 			t.Errorf("serve: %v", result)
+		}
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", s.all.String())
 		}
 	})
 	select {
@@ -320,10 +325,12 @@ func TestSendmailMaildrop(t *testing.T) {
 	if !strings.Contains(string(got[0].Data), "backup done") {
 		t.Errorf("imported message:\n%s", got[0].Data)
 	}
-	files, _ := listMaildrop(filepath.Join(dir, maildropSubdir), time.Now())
-	if len(files) != 0 {
-		t.Errorf("maildrop still holds %v", files)
-	}
+	// The file goes after the import's session ends, which may be after
+	// the delivery.
+	testpeer.WaitFor(t, "the maildrop emptied", func() bool {
+		files, err := listMaildrop(filepath.Join(dir, maildropSubdir), time.Now())
+		return err == nil && len(files) == 0
+	})
 }
 
 // TestQueueCommands drives `mta queue` end to end through the admin
@@ -372,12 +379,23 @@ func TestQueueCommands(t *testing.T) {
 	}
 }
 
-// TestMetrics: after a delivery, /metrics shows it under the documented
-// names and /healthz answers ok.
+// TestMetrics: after a delivery, a deferral and a bounce, /metrics shows
+// them under the documented names, with the queue by state, the latency,
+// DNS lookups answered by the server and by the cache, replies by class
+// and the connections in use; /healthz answers ok.
 func TestMetrics(t *testing.T) {
-	s, hosts := serveWorld(t, "")
-	sendSMTP(t, s.relay, "a@sender.test", []string{"b@example.test"}, "Subject: hi\r\n\r\nhello\r\n")
+	s, hosts := serveWorldRetry(t, "1h", "")
+	if err := hosts["127.0.0.2"].SetBehaviour(peer.Behaviour{RcptReplies: map[string]peer.Reply{
+		"later@example.test": {Code: 451, Enhanced: "4.3.0", Text: "try later"},
+		"gone@example.test":  {Code: 550, Enhanced: "5.1.1", Text: "no such user"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, rcpt := range []string{"b@example.test", "later@example.test", "gone@example.test"} {
+		sendSMTP(t, s.relay, "a@sender.test", []string{rcpt}, "Subject: hi\r\n\r\nhello\r\n")
+	}
 	waitMessages(t, hosts["127.0.0.2"], 1)
+	waitMessages(t, hosts["127.0.0.3"], 1) // the bounce
 	get := func(path string) string {
 		t.Helper()
 		resp, err := http.Get("http://" + s.metrics + path)
@@ -395,32 +413,39 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("/healthz = %q", h)
 	}
 	var m string
-	testpeer.WaitFor(t, "the delivery in the metrics", func() bool {
+	// The hosts have the mail before the spool has the results: wait for
+	// the spool to settle with the deferred message alone live.
+	testpeer.WaitFor(t, "the attempts in the metrics", func() bool {
 		m = get("/metrics")
-		return strings.Contains(m, `mta_delivery_attempts_total{class="2xx",phase="data",result="delivered"} 1`)
+		return strings.Contains(m, `mta_delivery_attempts_total{class="2xx",phase="data",result="delivered"} 2`) &&
+			strings.Contains(m, `mta_spool_recipients{state="deferred"} 1`) && strings.Contains(m, "mta_spool_messages 1\n")
 	})
 	for _, want := range []string{
-		`mta_smtpd_messages_received_total{listener="relay"} 1`,
+		`mta_smtpd_messages_received_total{listener="relay"} 3`,
+		`mta_smtpd_received_bytes_total `,
 		`mta_smtpd_replies_total{class="2xx",listener="relay"}`,
-		`mta_delivery_latency_seconds_count 1`,
-		`mta_spool_recipients{state="deferred"} 0`,
-		`mta_spool_messages `,
+		`mta_smtpd_connections{listener="relay"} 0`,
+		`mta_delivery_attempts_total{class="4xx",phase="rcpt",result="deferred"} 1`,
+		`mta_delivery_attempts_total{class="5xx",phase="rcpt",result="failed"} 1`,
+		`mta_delivery_latency_seconds_count 2`,
+		`mta_delivery_connections `,
+		`mta_spool_recipients{state="pending"} 0`,
+		`mta_spool_messages 1`,
+		`mta_spool_retired_messages 3`,
 		`mta_spool_file_bytes `,
 		`mta_spool_commits_total{result="ok"}`,
 		`mta_spool_commit_seconds_count`,
 		`mta_resolver_lookups_total{cached="false",result="ok",type="MX"}`,
-		`mta_panics_total`,
+		`mta_resolver_lookups_total{cached="true",result="ok",type="MX"}`,
 		`go_goroutines `,
+		`process_resident_memory_bytes `,
 	} {
-		if want == "mta_panics_total" {
-			if strings.Contains(m, "mta_panics_total{") {
-				t.Errorf("a panic was counted:\n%s", m)
-			}
-			continue
-		}
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+	if strings.Contains(m, "mta_panics_total{") {
+		t.Errorf("a panic was counted:\n%s", m)
 	}
 }
 
@@ -458,5 +483,48 @@ func TestMaildropRejectedSetAside(t *testing.T) {
 	}
 	if files, _ := listMaildrop(drop, time.Now()); len(files) != 0 {
 		t.Errorf("set-aside files are scanned again: %v", files)
+	}
+}
+
+// TestHostnameChecks: at start the daemon warns when its hostname is not
+// a real FQDN (a dotless one is a config error: TestConfigErrors), when it
+// does not resolve, and when the PTR of its address
+// names another host (RFC 5321 §4.1.4; receivers check all three), and
+// says nothing when all is well.
+func TestHostnameChecks(t *testing.T) {
+	dns := testpeer.NewDNS(t, `
+bad-ptr.example.test. 300 IN A 127.0.0.9
+9.0.0.127.in-addr.arpa. 300 IN PTR other.example.test.
+good.example.test. 300 IN A 127.0.0.10
+10.0.0.127.in-addr.arpa. 300 IN PTR good.example.test.
+`)
+	for _, tc := range []struct{ hostname, want string }{
+		{"mta.localdomain", "hostname is not a fully qualified domain name"},
+		{"lonely.example.test", "hostname does not resolve"},
+		{"bad-ptr.example.test", "the PTR record of our address does not name our hostname"},
+		{"good.example.test", ""},
+	} {
+		t.Run(tc.hostname, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "mta.yaml")
+			writeFile(t, path, fmt.Sprintf("hostname: %s\nstate_dir: %s\nlisteners: {relay: [\"127.0.0.1:0\"], submission: [], submissions: []}\n"+
+				"dns: {servers: [%q]}\nmetrics: {address: \"\"}\n", tc.hostname, dir, dns.Addr()))
+			s := startServe(t, path)
+			var warned []string
+			for line := ""; !strings.Contains(line, "msg=ready"); line = s.log.wait(t, "") {
+				if strings.Contains(line, "level=WARN") && strings.Contains(line, "hostname") {
+					warned = append(warned, line)
+				}
+			}
+			switch {
+			case tc.want == "" && len(warned) > 0:
+				t.Errorf("warned about a good hostname: %q", warned)
+			case tc.want != "" && (len(warned) != 1 || !strings.Contains(warned[0], tc.want) || !strings.Contains(warned[0], "hostname="+tc.hostname)):
+				t.Errorf("warnings %q, want one with %q", warned, tc.want)
+			}
+			if tc.hostname == "bad-ptr.example.test" && len(warned) == 1 && !strings.Contains(warned[0], "ip=127.0.0.9") {
+				t.Errorf("the PTR warning does not name the address: %s", warned[0])
+			}
+		})
 	}
 }

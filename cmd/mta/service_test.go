@@ -169,7 +169,7 @@ func TestServeRefusesBadConfig(t *testing.T) {
 	if code := exitCode(err, &errb); code != exitConfig {
 		t.Fatalf("exit %d, want %d (EX_CONFIG); stderr:\n%s", code, exitConfig, errb.String())
 	}
-	for _, want := range []string{`line 4: unknown key "smtp"`, `line 6: "forever" is not a duration`} {
+	for _, want := range []string{`line 4: unknown key "smtp" in listeners`, `line 6: delivery.lifetime: "forever" is not a duration`} {
 		if !strings.Contains(errb.String(), want) {
 			t.Errorf("stderr lacks %q:\n%s", want, errb.String())
 		}

@@ -31,7 +31,7 @@ func runSpool(ctx context.Context, args []string, stdio Stdio) error {
 		if err != nil {
 			return exitf(exitConfig, "%v", err)
 		}
-		path = filepath.Join(resolveDirs(cfg).State, spoolSubdir)
+		path = filepath.Join(clientDirs(cfg).State, spoolSubdir)
 	}
 	if op == "compact" {
 		if err := spool.Compact(path); err != nil {
