@@ -126,7 +126,7 @@ func (e *Scheduler) start(j *job) {
 			}
 			e.done <- w
 		}()
-		w.whole, w.why = e.deliver(j)
+		w.whole, w.why, w.at = e.deliver(j)
 	})
 }
 

@@ -11,10 +11,11 @@ import (
 )
 
 // deliver runs one attempt of j and records it. It reports a failure of the
-// whole destination and why.
-func (e *Scheduler) deliver(j *job) (whole bool, why *AttemptError) {
+// whole destination, why, and the time the attempt was recorded at (by
+// cfg.Now), from which the destination's backoff counts.
+func (e *Scheduler) deliver(j *job) (whole bool, why *AttemptError, at time.Time) {
 	if !e.load(j) {
-		return false, nil
+		return false, nil, time.Time{}
 	}
 	start := time.Now()
 	res, whole := e.run(e.hard, j)
@@ -24,8 +25,9 @@ func (e *Scheduler) deliver(j *job) (whole bool, why *AttemptError) {
 			break
 		}
 	}
-	e.record(j, res, time.Since(start))
-	return whole, why
+	at = e.cfg.Now()
+	e.recordAt(j, res, time.Since(start), time.Time{}, at)
+	return whole, why, at
 }
 
 // load reads j's message; a message gone meanwhile (deleted) needs nothing.
@@ -59,18 +61,14 @@ func (e *Scheduler) deferJobs(jobs []*job, why *AttemptError, until, now time.Ti
 		for _, t := range j.tasks {
 			res[t.Rcpt] = r
 		}
-		e.recordAt(j, res, 0, until)
+		e.recordAt(j, res, 0, until, e.cfg.Now())
 	}
 }
 
-// record commits an attempt's results in one Update and logs one line per
-// recipient; interrupted recipients are given back unrecorded.
-func (e *Scheduler) record(j *job, res map[int]result, d time.Duration) {
-	e.recordAt(j, res, d, time.Time{})
-}
-
-func (e *Scheduler) recordAt(j *job, res map[int]result, d time.Duration, notBefore time.Time) {
-	now := e.cfg.Now()
+// recordAt commits an attempt's results, as of now, in one Update and logs
+// one line per recipient; interrupted recipients are given back
+// unrecorded. No deferred recipient is due before notBefore.
+func (e *Scheduler) recordAt(j *job, res map[int]result, d time.Duration, notBefore, now time.Time) {
 	env := &j.msg.Envelope
 	var u spool.Update
 	var back []spool.Task

@@ -261,6 +261,7 @@ type workDone struct {
 	dialled bool // counted in busy
 	whole   bool // the whole destination failed
 	why     *AttemptError
+	at      time.Time // when the attempt was recorded
 }
 
 func (e *Scheduler) finished(w workDone) {
@@ -274,7 +275,7 @@ func (e *Scheduler) finished(w workDone) {
 	}
 	switch {
 	case w.whole:
-		d.failed(e.cfg.Now(), e.cfg.Backoff, w.why)
+		d.failed(w.at, e.cfg.Backoff, w.why) // the backoff counts from the recorded attempt, as its recipients' does
 	case w.dialled:
 		d.alive()
 	}
