@@ -186,32 +186,14 @@ func TestRouteCommandConfig(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "mta.yaml")
 	writeFile(t, path, "hostname: mx2.plain.test\nlisteners:\n  relay: [\"127.0.0.9:2525\"]\ndns:\n  servers: [\""+d.Addr()+"\"]\n  timeout: 1s\n"+
 		"delivery:\n  allow_private_mx: true\n  proxy_addresses: [\"192.0.2.25\"]\n")
-	cases := []struct {
-		name   string
-		args   []string
-		status int
-		stdout []string
-	}{
+	cases := []routeCase{
 		{"servers_and_allow_private", []string{"lab.test", "--config", path}, exitOK, []string{"1. mx.lab.test pref 10 127.0.0.2"}},
 		{"hostname_is_self", []string{"plain.test", "--config", path}, exitOK, []string{"1. mx1.plain.test", "dropped:", "mx2.plain.test pref 20 self: our host name"}},
 		{"flag_wins", []string{"lab.test", "--config", path, "--allow-private=false"}, exitNoHost, []string{"prohibited: loopback"}},
 		{"proxy_address_is_self", []string{"selfaddr.test", "--config", path}, exitOK, []string{"1. mx.lab.test pref 10 127.0.0.2", "dropped:", "proxy.selfaddr.test pref 20 self: one of our addresses", "skipped 192.0.2.25: self"}},
 		{"listener_address_is_self", []string{"selfaddr.test", "--config", path}, exitOK, []string{"listener.selfaddr.test pref 30 self: one of our addresses", "skipped 127.0.0.9: self"}},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			out, status, stderr := routeCmd(t, tc.args...)
-			if status != tc.status {
-				t.Fatalf("exit %d, want %d\n%s%s", status, tc.status, out, stderr)
-			}
-			flat := strings.Join(strings.Fields(out), " ")
-			for _, want := range tc.stdout {
-				if !strings.Contains(flat, want) {
-					t.Errorf("stdout lacks %q:\n%s", want, out)
-				}
-			}
-		})
-	}
+	runRouteCases(t, cases)
 	if _, status, _ := routeCmd(t, "plain.test", "--config", filepath.Join(t.TempDir(), "missing.yaml")); status != exitConfig {
 		t.Errorf("missing config: exit %d, want %d", status, exitConfig)
 	}
@@ -230,12 +212,7 @@ func TestRouteCommandNextHop(t *testing.T) {
 		"  down.test:\n    hosts: [\"gone.lab.test:25\"]\n"+
 		"relayhost:\n  hosts: [\"[192.0.2.99]:465\"]\n  domains: [relayed.test]\n"+
 		"  auth:\n    username: relayuser\n    password_file: "+filepath.Join(dir, "no-such-password")+"\n")
-	cases := []struct {
-		name   string
-		args   []string
-		status int
-		stdout []string
-	}{
+	cases := []routeCase{
 		{"routes", []string{"own.test", "--config", path}, exitOK, []string{"configured next hop: routes in " + path,
 			"tls none", "1. mx.lab.test port 2525 (no TLS) 127.0.0.2", "2. gone.lab.test port 25 (no TLS)", "NXDOMAIN"}},
 		{"relayhost", []string{"RELAYED.test.", "--config", path}, exitOK, []string{"configured next hop: relayhost",
@@ -243,20 +220,7 @@ func TestRouteCommandNextHop(t *testing.T) {
 		{"no_host_has_an_address", []string{"down.test", "--config", path}, exitTempFail, []string{"1. gone.lab.test port 25 (STARTTLS)"}},
 		{"not_covered_goes_by_MX", []string{"plain.test", "--config", path}, exitOK, []string{"1. mx1.plain.test pref 10 192.0.2.1"}},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			out, status, stderr := routeCmd(t, tc.args...)
-			if status != tc.status {
-				t.Fatalf("exit %d, want %d\n%s%s", status, tc.status, out, stderr)
-			}
-			flat := strings.Join(strings.Fields(out), " ")
-			for _, want := range tc.stdout {
-				if !strings.Contains(flat, want) {
-					t.Errorf("stdout lacks %q:\n%s", want, out)
-				}
-			}
-		})
-	}
+	runRouteCases(t, cases)
 	for _, q := range d.Queries() {
 		if q.Type == "MX" && q.Name != "plain.test." {
 			t.Errorf("asked %s %s: a configured next hop needs no MX lookup", q.Type, q.Name)
@@ -286,5 +250,32 @@ func TestRouteCommandNextHop(t *testing.T) {
 	if got.NextHop.Via != "routes" || got.NextHop.TLS != "none" || len(h) != 2 ||
 		h[0].Host != "mx.lab.test" || h[0].Port != 2525 || len(h[0].Addrs) != 1 || h[0].Addrs[0] != "127.0.0.2" || h[1].Err == "" {
 		t.Errorf("--json: %+v", got)
+	}
+}
+
+// routeCase is `mta route args...` with the exit status it must give and
+// what its stdout must contain (compared with runs of spaces folded).
+type routeCase struct {
+	name   string
+	args   []string
+	status int
+	stdout []string
+}
+
+func runRouteCases(t *testing.T, cases []routeCase) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out, status, stderr := routeCmd(t, tc.args...)
+			if status != tc.status {
+				t.Fatalf("exit %d, want %d\n%s%s", status, tc.status, out, stderr)
+			}
+			flat := strings.Join(strings.Fields(out), " ")
+			for _, want := range tc.stdout {
+				if !strings.Contains(flat, want) {
+					t.Errorf("stdout lacks %q:\n%s", want, out)
+				}
+			}
+		})
 	}
 }
