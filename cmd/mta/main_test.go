@@ -15,5 +15,8 @@ func TestMain(m *testing.M) {
 	if os.Getenv(asMTAEnv) == "1" {
 		main() // exits
 	}
+	// A -race binary sleeps a second at exit by default; every child this
+	// test binary starts as mta (daemons, client commands) inherits this.
+	_ = os.Setenv("GORACE", "atexit_sleep_ms=0 "+os.Getenv("GORACE")) // failing only costs time
 	os.Exit(m.Run())
 }

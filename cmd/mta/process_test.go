@@ -241,11 +241,10 @@ func (p *proc) waitMessage(id, what string, cond func(*spool.Message) bool) {
 	})
 }
 
-// childEnv is the environment of a child process acting as mta. A -race
-// binary sleeps a second at exit by default (GORACE atexit_sleep_ms); a
-// client command here exits dozens of times per test.
+// childEnv is the environment of a child process acting as mta (TestMain
+// has set GORACE so that a -race child does not sleep at exit).
 func childEnv() []string {
-	return append(os.Environ(), asMTAEnv+"=1", "GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"))
+	return append(os.Environ(), asMTAEnv+"=1")
 }
 
 // client is how a client command is run: as which user, under which name.
