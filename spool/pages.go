@@ -269,6 +269,12 @@ func (at where) String() string {
 // node checks the elements of the branch or leaf page p, and walks its
 // children and the buckets it holds.
 func (w *pageWalk) node(what where, p []byte, depth int) {
+	// Inline buckets nest without passing through tree: bound them here too,
+	// or a crafted file could overflow the walk's stack (a fatal error).
+	if depth > boltMaxDepth {
+		w.bad("%s: buckets nested deeper than %d", what, boltMaxDepth)
+		return
+	}
 	flags, count := ne.Uint16(p[8:]), uint64(ne.Uint16(p[10:]))
 	if flags != boltBranch && flags != boltLeaf {
 		w.bad("%s: flags %#x, not a branch or leaf page", what, flags)

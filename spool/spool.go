@@ -140,10 +140,18 @@ func open(dir string, opts Options, mode walkMode) (*Spool, error) {
 		return nil, err
 	}
 	path := filepath.Join(dir, dbName)
-	// What bbolt walks as it opens the file is walked here first.
+	// What bbolt walks as it opens the file is walked here first. Another
+	// holder of the file is waited for (as bbolt would) by walking again,
+	// so that bbolt never opens a file that was not walked.
 	problems, err := checkPages(path, mode)
-	if err != nil && !errors.Is(err, ErrLocked) {
-		// Locked: bbolt waits for the holder a while, then says so.
+	for deadline := time.Now().Add(lockWait); errors.Is(err, ErrLocked) && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond) // a stopping daemon lets go soon
+		problems, err = checkPages(path, mode)
+	}
+	if errors.Is(err, ErrLocked) {
+		return nil, err // says which file
+	}
+	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	if len(problems) > 0 {
