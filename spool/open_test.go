@@ -236,3 +236,25 @@ func writeFile(t *testing.T, path string, b []byte) {
 		t.Fatal(err)
 	}
 }
+
+// TestOpenWaitsForHolder: a holder that lets go within the lock wait (a
+// daemon stopping as the next starts) is waited for, and the file is still
+// walked before bbolt opens it.
+func TestOpenWaitsForHolder(t *testing.T) {
+	s, dir := openSpool(t, Options{})
+	closed := make(chan error, 1)
+	go func() {
+		time.Sleep(200 * time.Millisecond) // the holder stopping; not a synchronisation
+		closed <- s.Close()
+	}()
+	s2, err := Open(dir, Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("Open after the holder let go: %v", err)
+	}
+	if err := <-closed; err != nil {
+		t.Errorf("first Close: %v", err)
+	}
+	if err := s2.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+}
