@@ -22,7 +22,8 @@ import (
 // metrics holds the daemon's Prometheus metrics on a registry of its own
 // (no global registration), and adapts the packages' Observers to it.
 type metrics struct {
-	reg *prometheus.Registry
+	reg   *prometheus.Registry
+	cache sync.Map // seriesKey → prometheus.Counter or prometheus.Gauge
 
 	received    *prometheus.CounterVec // by listener
 	receivedB   prometheus.Counter
@@ -126,63 +127,92 @@ func (m *metrics) serve(ctx context.Context, ln net.Listener, healthy func() err
 	}
 }
 
+// codeClass is a reply code's class label ("2xx"); constant strings, so
+// the label costs no allocation per event.
 func codeClass(code int) string {
-	if code <= 0 {
+	switch {
+	case code <= 0:
 		return "none"
+	case code < 200:
+		return "1xx"
+	case code < 300:
+		return "2xx"
+	case code < 400:
+		return "3xx"
+	case code < 500:
+		return "4xx"
+	case code < 600:
+		return "5xx"
 	}
 	return strconv.Itoa(code/100) + "xx"
 }
 
-// Observer adapters.
-
-// smtpdObserver counts smtpd's events. The counters of the events that
-// come with every message (replies, accepted messages, connections) are
-// looked up once per label set and kept, not hashed on each event.
-type smtpdObserver struct {
-	m     *metrics
-	cache *sync.Map // labelKey → prometheus.Counter or prometheus.Gauge
+// seriesKey names one series of a vector: the vector and up to three
+// label values (unused ones empty).
+type seriesKey struct {
+	vec     any // *prometheus.CounterVec or *prometheus.GaugeVec
+	a, b, c string
+	n       int // how many label values
 }
 
-// labelKey names one cached series: which metric, listener, reply class.
-type labelKey struct {
-	metric   string
-	listener string
-	class    int
-}
-
-func newSMTPDObserver(m *metrics) smtpdObserver { return smtpdObserver{m: m, cache: &sync.Map{}} }
-
-func (o smtpdObserver) series(k labelKey, mk func() any) any {
-	if v, ok := o.cache.Load(k); ok {
+// series returns the series of k, looked up in its vector once and then
+// kept: the counters of events that come with every message (replies,
+// accepted messages, attempts, DNS lookups) are then not hashed and
+// validated on each event. The label sets are bounded (listener, result,
+// phase, class, query type), so is the cache.
+func (m *metrics) series(k seriesKey) any {
+	if v, ok := m.cache.Load(k); ok {
 		return v
 	}
-	v, _ := o.cache.LoadOrStore(k, mk())
+	lv := []string{k.a, k.b, k.c}[:k.n]
+	var v any
+	switch vec := k.vec.(type) {
+	case *prometheus.CounterVec:
+		v = vec.WithLabelValues(lv...)
+	case *prometheus.GaugeVec:
+		v = vec.WithLabelValues(lv...)
+	}
+	v, _ = m.cache.LoadOrStore(k, v)
 	return v
 }
 
-func (o smtpdObserver) conns(l string) prometheus.Gauge {
-	return o.series(labelKey{"conns", l, 0}, func() any { return o.m.smtpdConns.WithLabelValues(l) }).(prometheus.Gauge)
+func (m *metrics) counter(vec *prometheus.CounterVec, a string) prometheus.Counter {
+	return m.series(seriesKey{vec: vec, a: a, n: 1}).(prometheus.Counter)
 }
 
-func (o smtpdObserver) ConnOpened(l string)  { o.conns(l).Inc() }
-func (o smtpdObserver) ConnClosed(l string)  { o.conns(l).Dec() }
-func (o smtpdObserver) ConnRefused(l string) { o.m.smtpdRefuse.WithLabelValues(l).Inc() }
+func (m *metrics) counter2(vec *prometheus.CounterVec, a, b string) prometheus.Counter {
+	return m.series(seriesKey{vec: vec, a: a, b: b, n: 2}).(prometheus.Counter)
+}
+
+func (m *metrics) counter3(vec *prometheus.CounterVec, a, b, c string) prometheus.Counter {
+	return m.series(seriesKey{vec: vec, a: a, b: b, c: c, n: 3}).(prometheus.Counter)
+}
+
+func (m *metrics) gauge(vec *prometheus.GaugeVec, a string) prometheus.Gauge {
+	return m.series(seriesKey{vec: vec, a: a, n: 1}).(prometheus.Gauge)
+}
+
+// Observer adapters.
+
+type smtpdObserver struct{ m *metrics }
+
+func (o smtpdObserver) ConnOpened(l string)  { o.m.gauge(o.m.smtpdConns, l).Inc() }
+func (o smtpdObserver) ConnClosed(l string)  { o.m.gauge(o.m.smtpdConns, l).Dec() }
+func (o smtpdObserver) ConnRefused(l string) { o.m.counter(o.m.smtpdRefuse, l).Inc() }
 func (o smtpdObserver) Reply(l string, code int) {
-	c := o.series(labelKey{"replies", l, code / 100}, func() any { return o.m.replies.WithLabelValues(l, codeClass(code)) })
-	c.(prometheus.Counter).Inc()
+	o.m.counter2(o.m.replies, l, codeClass(code)).Inc()
 }
 func (o smtpdObserver) MessageAccepted(l string, size int64, rcpts int) {
-	c := o.series(labelKey{"received", l, 0}, func() any { return o.m.received.WithLabelValues(l) })
-	c.(prometheus.Counter).Inc()
+	o.m.counter(o.m.received, l).Inc()
 	o.m.receivedB.Add(float64(size))
 }
-func (o smtpdObserver) AuthFailed(l string) { o.m.authFails.WithLabelValues(l).Inc() }
+func (o smtpdObserver) AuthFailed(l string) { o.m.counter(o.m.authFails, l).Inc() }
 func (o smtpdObserver) Panicked(l string)   { o.m.panics.WithLabelValues("smtpd").Inc() }
 
 type deliveryObserver struct{ m *metrics }
 
 func (o deliveryObserver) Attempt(result, phase string, code int) {
-	o.m.attempts.WithLabelValues(result, phase, codeClass(code)).Inc()
+	o.m.counter3(o.m.attempts, result, phase, codeClass(code)).Inc()
 }
 func (o deliveryObserver) Delivered(d time.Duration) { o.m.latency.Observe(d.Seconds()) }
 func (o deliveryObserver) Connections(n int)         { o.m.outConns.Set(float64(n)) }
@@ -191,7 +221,7 @@ func (o deliveryObserver) Panic()                    { o.m.panics.WithLabelValue
 type resolverObserver struct{ m *metrics }
 
 func (o resolverObserver) Lookup(qtype, result string, cached bool, d time.Duration) {
-	o.m.dnsLookups.WithLabelValues(qtype, result, strconv.FormatBool(cached)).Inc()
+	o.m.counter3(o.m.dnsLookups, qtype, result, strconv.FormatBool(cached)).Inc()
 	if !cached {
 		o.m.dnsTime.Observe(d.Seconds())
 	}
