@@ -23,7 +23,7 @@ import (
 // (no global registration), and adapts the packages' Observers to it.
 type metrics struct {
 	reg   *prometheus.Registry
-	cache sync.Map // seriesKey → prometheus.Counter or prometheus.Gauge
+	cache seriesCache
 
 	received    *prometheus.CounterVec // by listener
 	receivedB   prometheus.Counter
@@ -147,49 +147,73 @@ func codeClass(code int) string {
 	return strconv.Itoa(code/100) + "xx"
 }
 
-// seriesKey names one series of a vector: the vector and up to three
-// label values (unused ones empty).
+// seriesKey names one counter series: its vector and up to three label
+// values (unused ones empty).
 type seriesKey struct {
-	vec     any // *prometheus.CounterVec or *prometheus.GaugeVec
+	vec     *prometheus.CounterVec
 	a, b, c string
 	n       int // how many label values
 }
 
-// series returns the series of k, looked up in its vector once and then
-// kept: the counters of events that come with every message (replies,
-// accepted messages, attempts, DNS lookups) are then not hashed and
-// validated on each event. The label sets are bounded (listener, result,
-// phase, class, query type), so is the cache.
-func (m *metrics) series(k seriesKey) any {
-	if v, ok := m.cache.Load(k); ok {
-		return v
+// seriesCache keeps the series of the events that come with every message
+// (replies, accepted messages, attempts, DNS lookups), looked up in their
+// vector once: WithLabelValues hashes and validates the labels on each
+// call. The label sets are bounded (listener, result, phase, class, query
+// type), so is the cache. A typed map, not a sync.Map: a struct key boxed
+// into an interface cost an allocation per event.
+type seriesCache struct {
+	mu       sync.RWMutex
+	counters map[seriesKey]prometheus.Counter
+	gauges   map[*prometheus.GaugeVec]map[string]prometheus.Gauge
+}
+
+func (m *metrics) series(k seriesKey) prometheus.Counter {
+	m.cache.mu.RLock()
+	c, ok := m.cache.counters[k]
+	m.cache.mu.RUnlock()
+	if ok {
+		return c
 	}
-	lv := []string{k.a, k.b, k.c}[:k.n]
-	var v any
-	switch vec := k.vec.(type) {
-	case *prometheus.CounterVec:
-		v = vec.WithLabelValues(lv...)
-	case *prometheus.GaugeVec:
-		v = vec.WithLabelValues(lv...)
+	c = k.vec.WithLabelValues([]string{k.a, k.b, k.c}[:k.n]...)
+	m.cache.mu.Lock()
+	if m.cache.counters == nil {
+		m.cache.counters = map[seriesKey]prometheus.Counter{}
 	}
-	v, _ = m.cache.LoadOrStore(k, v)
-	return v
+	m.cache.counters[k] = c
+	m.cache.mu.Unlock()
+	return c
 }
 
 func (m *metrics) counter(vec *prometheus.CounterVec, a string) prometheus.Counter {
-	return m.series(seriesKey{vec: vec, a: a, n: 1}).(prometheus.Counter)
+	return m.series(seriesKey{vec: vec, a: a, n: 1})
 }
 
 func (m *metrics) counter2(vec *prometheus.CounterVec, a, b string) prometheus.Counter {
-	return m.series(seriesKey{vec: vec, a: a, b: b, n: 2}).(prometheus.Counter)
+	return m.series(seriesKey{vec: vec, a: a, b: b, n: 2})
 }
 
 func (m *metrics) counter3(vec *prometheus.CounterVec, a, b, c string) prometheus.Counter {
-	return m.series(seriesKey{vec: vec, a: a, b: b, c: c, n: 3}).(prometheus.Counter)
+	return m.series(seriesKey{vec: vec, a: a, b: b, c: c, n: 3})
 }
 
-func (m *metrics) gauge(vec *prometheus.GaugeVec, a string) prometheus.Gauge {
-	return m.series(seriesKey{vec: vec, a: a, n: 1}).(prometheus.Gauge)
+func (m *metrics) gauge(vec *prometheus.GaugeVec, l string) prometheus.Gauge {
+	m.cache.mu.RLock()
+	g, ok := m.cache.gauges[vec][l]
+	m.cache.mu.RUnlock()
+	if ok {
+		return g
+	}
+	g = vec.WithLabelValues(l)
+	m.cache.mu.Lock()
+	if m.cache.gauges == nil {
+		m.cache.gauges = map[*prometheus.GaugeVec]map[string]prometheus.Gauge{}
+	}
+	if m.cache.gauges[vec] == nil {
+		m.cache.gauges[vec] = map[string]prometheus.Gauge{}
+	}
+	m.cache.gauges[vec][l] = g
+	m.cache.mu.Unlock()
+	return g
 }
 
 // Observer adapters.
