@@ -69,7 +69,8 @@ func (s *session) Data(r io.Reader) (err error) {
 func (s *session) receive(id string, r io.Reader, lim Limits) (*spool.Envelope, error) {
 	log := s.log.With("msg_id", id)
 	lenient := !s.kind.submission()
-	lr := newLineReader(r, lenient, lim.MaxMessageBytes)
+	lr := s.srv.newLineReader(r, lenient, lim.MaxMessageBytes)
+	defer s.srv.releaseLineReader(lr)
 	h, err := readHeader(lr)
 	if err != nil {
 		return nil, s.dataFailure(log, err)
@@ -209,8 +210,32 @@ type lineReader struct {
 	err     error
 }
 
+// lineReaderBytes is the buffer of a lineReader; a line longer than it is
+// refused (errLongLine).
+const lineReaderBytes = 4096
+
 func newLineReader(r io.Reader, lenient bool, max int64) *lineReader {
-	return &lineReader{br: bufio.NewReaderSize(r, 4096), lenient: lenient, max: max}
+	return &lineReader{br: bufio.NewReaderSize(r, lineReaderBytes), lenient: lenient, max: max}
+}
+
+// newLineReader is newLineReader with a buffer left by an earlier message
+// when there is one: a 4 KiB buffer per message was an eighth of what a
+// session allocated.
+func (s *Server) newLineReader(r io.Reader, lenient bool, max int64) *lineReader {
+	br, _ := s.lineBufs.Get().(*bufio.Reader)
+	if br == nil {
+		return newLineReader(r, lenient, max)
+	}
+	br.Reset(r)
+	return &lineReader{br: br, lenient: lenient, max: max}
+}
+
+// releaseLineReader gives lr's buffer back once the message is read and
+// nothing refers to its lines any more.
+func (s *Server) releaseLineReader(lr *lineReader) {
+	lr.br.Reset(nil)
+	s.lineBufs.Put(lr.br)
+	lr.br = nil
 }
 
 // next returns the next line, valid until the following call, or io.EOF

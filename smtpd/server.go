@@ -48,6 +48,8 @@ type Server struct {
 	rates *rateTable
 	data  atomic.Int64 // sessions in the DATA phase
 
+	lineBufs sync.Pool // *bufio.Reader of lineReaderBytes, for DATA
+
 	closing atomic.Bool
 
 	mu        sync.Mutex

@@ -21,6 +21,11 @@ const (
 	writeBehind = 128 << 10
 )
 
+// firstBufBytes is the buffer a body starts with (or InlineBodyBytes when
+// smaller): most messages fit, so their lines are appended without the
+// buffer growing and being copied a dozen times on the way.
+const firstBufBytes = 4 << 10
+
 // BodyWriter receives a message body as it arrives. Up to
 // Options.InlineBodyBytes it buffers in memory; past that it streams to a
 // body file, so the whole message is never held in memory. It is not safe
@@ -75,6 +80,9 @@ func (w *BodyWriter) Write(p []byte) (int, error) {
 			w.err = err
 			return 0, err
 		}
+	}
+	if w.buf == nil {
+		w.buf = make([]byte, 0, max(len(p), min(firstBufBytes, w.s.opts.InlineBodyBytes)))
 	}
 	w.buf = append(w.buf, p...)
 	w.size += int64(len(p))

@@ -22,7 +22,8 @@ import (
 // metrics holds the daemon's Prometheus metrics on a registry of its own
 // (no global registration), and adapts the packages' Observers to it.
 type metrics struct {
-	reg *prometheus.Registry
+	reg   *prometheus.Registry
+	cache seriesCache
 
 	received    *prometheus.CounterVec // by listener
 	receivedB   prometheus.Counter
@@ -126,63 +127,116 @@ func (m *metrics) serve(ctx context.Context, ln net.Listener, healthy func() err
 	}
 }
 
+// codeClass is a reply code's class label ("2xx"); constant strings, so
+// the label costs no allocation per event.
 func codeClass(code int) string {
-	if code <= 0 {
+	switch {
+	case code <= 0:
 		return "none"
+	case code < 200:
+		return "1xx"
+	case code < 300:
+		return "2xx"
+	case code < 400:
+		return "3xx"
+	case code < 500:
+		return "4xx"
+	case code < 600:
+		return "5xx"
 	}
 	return strconv.Itoa(code/100) + "xx"
 }
 
+// seriesKey names one counter series: its vector and up to three label
+// values (unused ones empty).
+type seriesKey struct {
+	vec     *prometheus.CounterVec
+	a, b, c string
+	n       int // how many label values
+}
+
+// seriesCache keeps the series of the events that come with every message
+// (replies, accepted messages, attempts, DNS lookups), looked up in their
+// vector once: WithLabelValues hashes and validates the labels on each
+// call. The label sets are bounded (listener, result, phase, class, query
+// type), so is the cache. A typed map, not a sync.Map: a struct key boxed
+// into an interface cost an allocation per event.
+type seriesCache struct {
+	mu       sync.RWMutex
+	counters map[seriesKey]prometheus.Counter
+	gauges   map[*prometheus.GaugeVec]map[string]prometheus.Gauge
+}
+
+func (m *metrics) series(k seriesKey) prometheus.Counter {
+	m.cache.mu.RLock()
+	c, ok := m.cache.counters[k]
+	m.cache.mu.RUnlock()
+	if ok {
+		return c
+	}
+	c = k.vec.WithLabelValues([]string{k.a, k.b, k.c}[:k.n]...)
+	m.cache.mu.Lock()
+	if m.cache.counters == nil {
+		m.cache.counters = map[seriesKey]prometheus.Counter{}
+	}
+	m.cache.counters[k] = c
+	m.cache.mu.Unlock()
+	return c
+}
+
+func (m *metrics) counter(vec *prometheus.CounterVec, a string) prometheus.Counter {
+	return m.series(seriesKey{vec: vec, a: a, n: 1})
+}
+
+func (m *metrics) counter2(vec *prometheus.CounterVec, a, b string) prometheus.Counter {
+	return m.series(seriesKey{vec: vec, a: a, b: b, n: 2})
+}
+
+func (m *metrics) counter3(vec *prometheus.CounterVec, a, b, c string) prometheus.Counter {
+	return m.series(seriesKey{vec: vec, a: a, b: b, c: c, n: 3})
+}
+
+func (m *metrics) gauge(vec *prometheus.GaugeVec, l string) prometheus.Gauge {
+	m.cache.mu.RLock()
+	g, ok := m.cache.gauges[vec][l]
+	m.cache.mu.RUnlock()
+	if ok {
+		return g
+	}
+	g = vec.WithLabelValues(l)
+	m.cache.mu.Lock()
+	if m.cache.gauges == nil {
+		m.cache.gauges = map[*prometheus.GaugeVec]map[string]prometheus.Gauge{}
+	}
+	if m.cache.gauges[vec] == nil {
+		m.cache.gauges[vec] = map[string]prometheus.Gauge{}
+	}
+	m.cache.gauges[vec][l] = g
+	m.cache.mu.Unlock()
+	return g
+}
+
 // Observer adapters.
 
-// smtpdObserver counts smtpd's events. The counters of the events that
-// come with every message (replies, accepted messages, connections) are
-// looked up once per label set and kept, not hashed on each event.
-type smtpdObserver struct {
-	m     *metrics
-	cache *sync.Map // labelKey → prometheus.Counter or prometheus.Gauge
-}
+type smtpdObserver struct{ m *metrics }
 
-// labelKey names one cached series: which metric, listener, reply class.
-type labelKey struct {
-	metric   string
-	listener string
-	class    int
-}
-
-func newSMTPDObserver(m *metrics) smtpdObserver { return smtpdObserver{m: m, cache: &sync.Map{}} }
-
-func (o smtpdObserver) series(k labelKey, mk func() any) any {
-	if v, ok := o.cache.Load(k); ok {
-		return v
-	}
-	v, _ := o.cache.LoadOrStore(k, mk())
-	return v
-}
-
-func (o smtpdObserver) conns(l string) prometheus.Gauge {
-	return o.series(labelKey{"conns", l, 0}, func() any { return o.m.smtpdConns.WithLabelValues(l) }).(prometheus.Gauge)
-}
-
-func (o smtpdObserver) ConnOpened(l string)  { o.conns(l).Inc() }
-func (o smtpdObserver) ConnClosed(l string)  { o.conns(l).Dec() }
-func (o smtpdObserver) ConnRefused(l string) { o.m.smtpdRefuse.WithLabelValues(l).Inc() }
+func (o smtpdObserver) ConnOpened(l string)  { o.m.gauge(o.m.smtpdConns, l).Inc() }
+func (o smtpdObserver) ConnClosed(l string)  { o.m.gauge(o.m.smtpdConns, l).Dec() }
+func (o smtpdObserver) ConnRefused(l string) { o.m.counter(o.m.smtpdRefuse, l).Inc() }
 func (o smtpdObserver) Reply(l string, code int) {
-	c := o.series(labelKey{"replies", l, code / 100}, func() any { return o.m.replies.WithLabelValues(l, codeClass(code)) })
-	c.(prometheus.Counter).Inc()
+	o.m.counter2(o.m.replies, l, codeClass(code)).Inc()
 }
 func (o smtpdObserver) MessageAccepted(l string, size int64, rcpts int) {
-	c := o.series(labelKey{"received", l, 0}, func() any { return o.m.received.WithLabelValues(l) })
-	c.(prometheus.Counter).Inc()
+	o.m.counter(o.m.received, l).Inc()
 	o.m.receivedB.Add(float64(size))
 }
-func (o smtpdObserver) AuthFailed(l string) { o.m.authFails.WithLabelValues(l).Inc() }
+func (o smtpdObserver) AuthFailed(l string) { o.m.counter(o.m.authFails, l).Inc() }
 func (o smtpdObserver) Panicked(l string)   { o.m.panics.WithLabelValues("smtpd").Inc() }
 
 type deliveryObserver struct{ m *metrics }
 
 func (o deliveryObserver) Attempt(result, phase string, code int) {
-	o.m.attempts.WithLabelValues(result, phase, codeClass(code)).Inc()
+	o.m.counter3(o.m.attempts, result, phase, codeClass(code)).Inc()
 }
 func (o deliveryObserver) Delivered(d time.Duration) { o.m.latency.Observe(d.Seconds()) }
 func (o deliveryObserver) Connections(n int)         { o.m.outConns.Set(float64(n)) }
@@ -191,7 +245,7 @@ func (o deliveryObserver) Panic()                    { o.m.panics.WithLabelValue
 type resolverObserver struct{ m *metrics }
 
 func (o resolverObserver) Lookup(qtype, result string, cached bool, d time.Duration) {
-	o.m.dnsLookups.WithLabelValues(qtype, result, strconv.FormatBool(cached)).Inc()
+	o.m.counter3(o.m.dnsLookups, qtype, result, strconv.FormatBool(cached)).Inc()
 	if !cached {
 		o.m.dnsTime.Observe(d.Seconds())
 	}

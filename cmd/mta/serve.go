@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -29,6 +30,7 @@ func runServe(ctx context.Context, args []string, stdio Stdio) error {
 	if err != nil {
 		return err
 	}
+	setGCPercent()
 	log, err := newLogger(cfg.Log, stdio.Err)
 	if err != nil {
 		return exitf(exitConfig, "%v", err)
@@ -137,4 +139,19 @@ func (d *daemonState) status() string {
 		return "running"
 	}
 	return fmt.Sprintf("%d message(s) queued; listening on %s", c.Messages, strings.Join(d.listenOn, " "))
+}
+
+// daemonGCPercent is the daemon's GOGC when the environment sets none.
+// Its live heap is small (a few MiB: the queue lives in the spool, not in
+// memory), so at Go's default of 100 the collector ran some 30 times a
+// second under load, for about a tenth of the daemon's CPU; at 400 the
+// heap still peaks far below the memory the daemon is allowed.
+const daemonGCPercent = 400
+
+// setGCPercent applies daemonGCPercent unless GOGC is set: an operator's
+// GOGC (or GOMEMLIMIT with GOGC=off) wins.
+func setGCPercent() {
+	if _, ok := os.LookupEnv("GOGC"); !ok {
+		debug.SetGCPercent(daemonGCPercent)
+	}
 }

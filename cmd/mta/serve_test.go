@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -527,4 +528,29 @@ good.example.test. 300 IN A 127.0.0.10
 			}
 		})
 	}
+}
+
+// TestSetGCPercent: the daemon runs at daemonGCPercent, unless the
+// operator's environment sets GOGC.
+func TestSetGCPercent(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	t.Run("no GOGC", func(t *testing.T) {
+		t.Setenv("GOGC", "")
+		if err := os.Unsetenv("GOGC"); err != nil {
+			t.Fatal(err)
+		}
+		debug.SetGCPercent(100)
+		setGCPercent()
+		if got := debug.SetGCPercent(100); got != daemonGCPercent {
+			t.Errorf("GC percent %d, want %d", got, daemonGCPercent)
+		}
+	})
+	t.Run("GOGC set", func(t *testing.T) {
+		t.Setenv("GOGC", "150")
+		debug.SetGCPercent(150)
+		setGCPercent()
+		if got := debug.SetGCPercent(100); got != 150 {
+			t.Errorf("GC percent %d, want the environment's 150", got)
+		}
+	})
 }

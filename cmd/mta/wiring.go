@@ -245,7 +245,7 @@ func (d *daemonState) smtpdConfig() (smtpd.Config, error) {
 		LookupPTR:            d.lookupPTR,
 		TempDir:              filepath.Join(d.dirs.State, "tmp"),
 		Logger:               d.log.With("subsystem", "smtpd"),
-		Observer:             newSMTPDObserver(d.metrics),
+		Observer:             smtpdObserver{d.metrics},
 	}
 	if err := os.MkdirAll(sc.TempDir, 0o700); err != nil {
 		return sc, err

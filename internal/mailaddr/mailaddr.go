@@ -75,7 +75,8 @@ func Parse(s string) (Address, error) {
 		return Address{}, err
 	}
 	u := norm
-	if !strings.HasPrefix(norm, "[") {
+	// Only an xn-- label has another U-label form.
+	if !strings.HasPrefix(norm, "[") && strings.Contains(norm, "xn--") {
 		if d, err := idna.ToUnicode(norm); err == nil {
 			u = d
 		}
@@ -143,6 +144,46 @@ func NormalizeDomain(d string) (string, error) {
 		return normalizeLiteral(d)
 	}
 	d = strings.TrimSuffix(d, ".")
+	if plainDomain(d) {
+		return d, nil
+	}
+	return normalizeIDNA(d)
+}
+
+// plainDomain reports whether d is already in the form NormalizeDomain
+// gives, which IDNA mapping leaves unchanged: at least two labels, each
+// of 1 to 63 lowercase ASCII letters, digits and inner hyphens, none with
+// "--" (so no A-label, no hyphen rule of RFC 5891 §4.2.3.1 to apply),
+// 255 octets at most. Nearly every domain on the wire is such a name; it
+// skips the IDNA tables, which cost more than the rest of a session's
+// parsing.
+func plainDomain(d string) bool {
+	if len(d) > MaxDomainOctets {
+		return false
+	}
+	labels, start := 0, 0
+	for i := 0; i <= len(d); i++ {
+		if i == len(d) || d[i] == '.' {
+			if n := i - start; n == 0 || n > 63 || d[i-1] == '-' {
+				return false
+			}
+			labels++
+			start = i + 1
+			continue
+		}
+		switch c := d[i]; {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case c == '-' && i > start && d[i-1] != '-':
+		default:
+			return false
+		}
+	}
+	return labels >= 2
+}
+
+// normalizeIDNA is NormalizeDomain's path through IDNA mapping (RFC 5891
+// lookup), for any name plainDomain does not take.
+func normalizeIDNA(d string) (string, error) {
 	if d == "" || len(d) > MaxDomainOctets || !utf8.ValidString(d) {
 		return "", fmt.Errorf("%w: empty, too long or not UTF-8", ErrDomain)
 	}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"golang.org/x/net/idna"
 )
 
 func TestParse(t *testing.T) {
@@ -83,6 +85,9 @@ func FuzzParse(f *testing.F) {
 		if a.Local == "" || a.Domain == "" || len(a.Local) > MaxLocalOctets {
 			t.Fatalf("Parse(%q) = %+v: invariant broken", s, a)
 		}
+		if u, err := idna.ToUnicode(a.Domain); !strings.HasPrefix(a.Domain, "[") && err == nil && u != a.UTF8Domain {
+			t.Fatalf("Parse(%q).UTF8Domain = %q, want %q", s, a.UTF8Domain, u)
+		}
 		// A normalised address parses to itself.
 		b, err := Parse(a.String())
 		if err != nil || b.Domain != a.Domain || b.Local != a.Local {
@@ -91,11 +96,57 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
+// TestPlainDomain checks the fast path against the IDNA path it skips:
+// every name plainDomain takes must come out of IDNA mapping unchanged.
+func TestPlainDomain(t *testing.T) {
+	long63 := strings.Repeat("a", 63)
+	tests := []struct {
+		in    string
+		plain bool
+	}{
+		{"example.org", true},
+		{"mx1.d-1.example", true},
+		{"1.2.3.4", true},
+		{long63 + ".example", true},
+		{strings.Repeat(long63+".", 3) + strings.Repeat("b", 63), true}, // 255 octets
+		{strings.Repeat(long63+".", 3) + strings.Repeat("b", 64), false},
+		{long63 + "a.example", false},
+		{"example", false},
+		{"", false},
+		{".example.org", false},
+		{"example.org.", false}, // NormalizeDomain drops the dot first
+		{"a..example", false},
+		{"-a.example", false},
+		{"a-.example", false},
+		{"ab--c.example", false},
+		{"xn--bcher-kva.example", false},
+		{"Example.org", false},
+		{"a_b.example", false},
+		{"bücher.example", false},
+		{"a b.example", false},
+	}
+	for _, tt := range tests {
+		if got := plainDomain(tt.in); got != tt.plain {
+			t.Errorf("plainDomain(%q) = %v, want %v", tt.in, got, tt.plain)
+		}
+		if tt.plain {
+			if d, err := normalizeIDNA(tt.in); err != nil || d != tt.in {
+				t.Errorf("normalizeIDNA(%q) = %q, %v; the fast path gives it unchanged", tt.in, d, err)
+			}
+		}
+	}
+}
+
 func FuzzNormalizeDomain(f *testing.F) {
 	for _, s := range []string{"Example.ORG.", "bücher.example", "0.\xc00", "[IPv6:::1]", "xn--bcher-kva.example", "a..b"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
+		if plainDomain(s) {
+			if d, err := normalizeIDNA(s); err != nil || d != s {
+				t.Fatalf("plainDomain(%q), but IDNA mapping gives %q, %v", s, d, err)
+			}
+		}
 		d, err := NormalizeDomain(s)
 		if err != nil {
 			return
