@@ -299,6 +299,22 @@ type hop struct {
 	port int
 }
 
+// HopHost is one entry of NextHop.Hosts as delivery dials it: a host name
+// to look up, or an address, and the port.
+type HopHost struct {
+	Name string     // normalised host name, or "" for an address
+	Addr netip.Addr // set for an address
+	Port int
+}
+
+// ParseHopHost reads one entry of NextHop.Hosts as delivery does
+// ("host:port", "[host]:port", "[192.0.2.1]:port", "[IPv6:2001:db8::1]",
+// port 25 when left out).
+func ParseHopHost(s string) (HopHost, error) {
+	h, err := parseHop(s)
+	return HopHost{Name: h.name, Addr: h.addr, Port: h.port}, err
+}
+
 func parseHop(s string) (hop, error) {
 	host, port := s, 25
 	if h, p, err := net.SplitHostPort(s); err == nil {

@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 
 	"mta/delivery"
@@ -61,23 +59,19 @@ func showNextHop(ctx context.Context, r *resolver.Resolver, q nextHopQuery, stdi
 	return nil
 }
 
-// lookupHop splits "host:port" (port 25 when left out) as delivery does and
-// finds the host's addresses: a literal is its own address.
+// lookupHop reads the configured host s as delivery does and finds its
+// addresses: a literal is its own address.
 func lookupHop(ctx context.Context, r *resolver.Resolver, s string) nextHopHost {
-	host, port := s, 25
-	if h, p, err := net.SplitHostPort(s); err == nil {
-		host = h
-		if n, err := strconv.Atoi(p); err == nil {
-			port = n
-		}
+	hh, err := delivery.ParseHopHost(s)
+	if err != nil { // check-config refuses it; shown rather than hidden
+		return nextHopHost{Host: s, Err: err.Error()}
 	}
-	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-	nh := nextHopHost{Host: host, Port: port, Implicit: port == 465}
-	if ip, err := netip.ParseAddr(host); err == nil {
-		nh.Addrs = []netip.Addr{ip.Unmap()}
+	nh := nextHopHost{Host: hh.Name, Port: hh.Port, Implicit: hh.Port == 465}
+	if hh.Addr.IsValid() {
+		nh.Host, nh.Addrs = hh.Addr.String(), []netip.Addr{hh.Addr}
 		return nh
 	}
-	addrs, err := r.LookupAddrs(ctx, host)
+	addrs, err := r.LookupAddrs(ctx, hh.Name)
 	nh.Addrs = addrs
 	if err != nil {
 		nh.Err = err.Error()

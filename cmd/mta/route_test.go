@@ -210,6 +210,7 @@ func TestRouteCommandNextHop(t *testing.T) {
 	writeFile(t, path, "hostname: mta.route.test\ndns:\n  servers: [\""+d.Addr()+"\"]\n  timeout: 1s\n"+
 		"routes:\n  own.test:\n    hosts: [\"mx.lab.test:2525\", \"gone.lab.test\"]\n    tls: none\n"+
 		"  down.test:\n    hosts: [\"gone.lab.test:25\"]\n"+
+		"  v6.test:\n    hosts: [\"[IPv6:2001:db8::1]:2525\"]\n"+
 		"relayhost:\n  hosts: [\"[192.0.2.99]:465\"]\n  domains: [relayed.test]\n"+
 		"  auth:\n    username: relayuser\n    password_file: "+filepath.Join(dir, "no-such-password")+"\n")
 	cases := []routeCase{
@@ -217,6 +218,7 @@ func TestRouteCommandNextHop(t *testing.T) {
 			"tls none", "1. mx.lab.test port 2525 (no TLS) 127.0.0.2", "2. gone.lab.test port 25 (no TLS)", "NXDOMAIN"}},
 		{"relayhost", []string{"RELAYED.test.", "--config", path}, exitOK, []string{"configured next hop: relayhost",
 			"tls verify, AUTH as relayuser after TLS", "1. 192.0.2.99 port 465 (implicit TLS) 192.0.2.99"}},
+		{"IPv6_literal", []string{"v6.test", "--config", path}, exitOK, []string{"1. 2001:db8::1 port 2525 (STARTTLS) 2001:db8::1"}},
 		{"no_host_has_an_address", []string{"down.test", "--config", path}, exitTempFail, []string{"1. gone.lab.test port 25 (STARTTLS)"}},
 		{"not_covered_goes_by_MX", []string{"plain.test", "--config", path}, exitOK, []string{"1. mx1.plain.test pref 10 192.0.2.1"}},
 	}
