@@ -343,6 +343,14 @@ func currentLogin() string {
 	return fmt.Sprint(os.Getuid())
 }
 
+// senderNotOwned is the daemon's 553 5.7.1 "sender address not owned": the
+// one refusal after which an empty MAIL FROM lets it choose the user's own
+// sender. Any other 553 (a malformed address, say) is final: retried empty
+// for a trusted user, it would go out with the null sender.
+func senderNotOwned(se *smtp.SMTPError) bool {
+	return se.Code == 553 && se.EnhancedCode == smtp.EnhancedCode{5, 7, 1}
+}
+
 func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b) // crypto/rand never fails on Linux
@@ -357,7 +365,7 @@ func deliverSubmission(ctx context.Context, cfg *Config, sub *submission, stdio 
 	d := clientDirs(cfg)
 	err := submitOverSocket(ctx, submitSocketPaths(cfg, d), sub)
 	var se *smtp.SMTPError
-	if errors.As(err, &se) && se.Code == 553 && sub.OwnSender {
+	if errors.As(err, &se) && senderNotOwned(se) && sub.OwnSender {
 		// Our idea of login@myorigin is not the daemon's (another
 		// config): let it choose.
 		own := *sub

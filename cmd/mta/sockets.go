@@ -154,7 +154,7 @@ func (d *daemonState) importOne(ctx context.Context, path string) error {
 	}
 	err = submit(&e.Sub)
 	var se *smtp.SMTPError
-	if errors.As(err, &se) && se.Code == 553 && e.Sub.From != "" {
+	if errors.As(err, &se) && senderNotOwned(se) && e.Sub.From != "" {
 		d.log.Warn("maildrop: sender not allowed for this user; sending as the user", "file", path, "uid", e.UID, "sender", e.Sub.From)
 		e.Sub.From = ""
 		err = submit(&e.Sub)
