@@ -76,7 +76,7 @@ func (s *Spool) commitLoop() {
 	batch := make([]*request, 0, maxBatch+1)
 	for {
 		var retry <-chan time.Time
-		if len(s.relet) > 0 && !s.broken {
+		if len(s.relet) > 0 && !s.broken.Load() {
 			retry = time.After(reletRetry)
 		}
 		batch = batch[:0]
@@ -155,7 +155,7 @@ func (s *Spool) runBatch(batch []*request) {
 	start := time.Now()
 	t, errs, err := s.tryBatch(batch, lowSpace)
 	var abort abortError
-	if errors.As(err, &abort) && len(batch) > 1 && !s.broken {
+	if errors.As(err, &abort) && len(batch) > 1 && !s.broken.Load() {
 		s.log.Warn("spool batch rolled back, committing its operations one by one", "err", err)
 		for _, r := range batch {
 			s.runBatch([]*request{r})
@@ -189,7 +189,7 @@ func (e abortError) Unwrap() error { return e.err }
 // tryBatch applies batch in one transaction and commits it. errs holds
 // each operation's clean error; err is what stopped the whole batch.
 func (s *Spool) tryBatch(batch []*request, lowSpace bool) (t *txn, errs []error, err error) {
-	if s.broken {
+	if s.broken.Load() {
 		return nil, nil, errBroken
 	}
 	var tx *bolt.Tx
@@ -197,7 +197,7 @@ func (s *Spool) tryBatch(batch []*request, lowSpace bool) (t *txn, errs []error,
 		if r := recover(); r != nil {
 			t, errs, err = nil, nil, abortError{corrupt("applying operations: %v", r)}
 			if tx != nil && !rollbackAfterPanic(tx) {
-				s.broken = true
+				s.broken.Store(true)
 				s.log.Error("spool file damaged: a commit and its rollback failed; refusing every write until restart", "err", r)
 				err = errBroken
 			}

@@ -44,8 +44,9 @@ type Spool struct {
 	done   chan struct{} // closed when the committer has exited
 
 	// broken is set by the committer when a failed commit could not be
-	// rolled back (see errBroken); Close then leaves the file alone.
-	broken bool
+	// rolled back (see errBroken); Close then leaves the file alone, and
+	// Err reports it to health checks.
+	broken atomic.Bool
 
 	// noFreelist is set when the last commit left the freelist out of the
 	// file (by the committer, or by Open before it starts); Close reads it
@@ -163,7 +164,7 @@ func open(dir string, opts Options, mode walkMode) (*Spool, error) {
 	}
 	s.db = db
 	if err := s.start(); err != nil {
-		if !s.broken {
+		if !s.broken.Load() {
 			_ = db.Close() // the open error is the one to report
 		}
 		return nil, err
@@ -338,6 +339,16 @@ func (s *Spool) view(set bucketSet, fn func(tx *bolt.Tx, b bk) error) (err error
 	})
 }
 
+// Err is ErrCorrupt once a commit failed on a damaged page and could not be
+// rolled back: every write is refused from then on, so the daemon is not
+// healthy and must be stopped for mta spool check. Nil otherwise.
+func (s *Spool) Err() error {
+	if s.broken.Load() {
+		return errBroken
+	}
+	return nil
+}
+
 // Close stops the committer after the waiting commits and closes the file.
 // Calls after the first return nil.
 func (s *Spool) Close() error {
@@ -350,7 +361,7 @@ func (s *Spool) Close() error {
 	close(s.reqs)
 	s.mu.Unlock()
 	<-s.done
-	if s.broken {
+	if s.broken.Load() {
 		// bbolt's writer lock is held by the transaction that could not be
 		// rolled back: closing the file would wait for it forever. The
 		// process exiting releases it.

@@ -65,8 +65,11 @@ func (d *daemonState) startMetrics(ctx context.Context) {
 }
 
 // healthy reports whether the daemon can take and keep mail: the spool
-// answers.
+// answers and still takes writes.
 func (d *daemonState) healthy() error {
+	if err := d.sp.Err(); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
 	if _, err := d.sp.Counts(); err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
