@@ -62,24 +62,8 @@ func newProc(t *testing.T, retry, extra string) *proc {
 	}
 	p := &proc{t: t, dir: dir, config: filepath.Join(dir, "mta.yaml"), hosts: hosts, port: port, dns: dns, log: &procLog{}}
 	p.bin = copyTestBinary(t, filepath.Join(dir, "mta"))
-	p.writeConfig(fmt.Sprintf(`hostname: mta.example.test
-myorigin: example.test
-state_dir: %s
-runtime_dir: %s
-listeners:
-  relay: ["127.0.0.1:0"]
-  submission: ["127.0.0.1:0"]
-  submissions: []
-dns:
-  servers: [%q]
-delivery:
-  port: %d
-  allow_private_mx: true
-  retry_min: %s
-  retry_max: %s
-metrics:
-  address: "127.0.0.1:0"
-%s`, filepath.Join(dir, "state"), filepath.Join(dir, "run"), dns.Addr(), port, retry, retry, strings.ReplaceAll(extra, "PORT", fmt.Sprint(port))))
+	p.writeConfig(worldConfig(worldConfigOptions{stateDir: filepath.Join(dir, "state"), runtimeDir: filepath.Join(dir, "run"),
+		submission: true, dns: dns.Addr(), port: port, retry: retry}) + strings.ReplaceAll(extra, "PORT", fmt.Sprint(port)))
 	t.Cleanup(func() {
 		if p.cmd != nil {
 			_ = p.cmd.Process.Kill() // a test that failed half-way

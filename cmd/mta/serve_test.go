@@ -58,23 +58,7 @@ func serveWorldRetry(t *testing.T, retry, extra string) (*served, map[string]*pe
 	port, hosts := testpeer.SMTPHosts(t, map[string]peer.Behaviour{"127.0.0.2": {}, "127.0.0.3": {}})
 	dns := testpeer.NewDNS(t, worldZone)
 	dir := t.TempDir()
-	cfg := fmt.Sprintf(`hostname: mta.example.test
-myorigin: example.test
-state_dir: %s
-listeners:
-  relay: ["127.0.0.1:0"]
-  submission: []
-  submissions: []
-dns:
-  servers: [%q]
-delivery:
-  port: %d
-  allow_private_mx: true
-  retry_min: %s
-  retry_max: %s
-metrics:
-  address: "127.0.0.1:0"
-%s`, dir, dns.Addr(), port, retry, retry, extra)
+	cfg := worldConfig(worldConfigOptions{stateDir: dir, dns: dns.Addr(), port: port, retry: retry}) + extra
 	path := filepath.Join(dir, "mta.yaml")
 	writeFile(t, path, cfg)
 	return startServe(t, path), hosts
@@ -553,4 +537,43 @@ func TestSetGCPercent(t *testing.T) {
 			t.Errorf("GC percent %d, want the environment's 150", got)
 		}
 	})
+}
+
+// worldConfigOptions fill worldConfig.
+type worldConfigOptions struct {
+	stateDir, runtimeDir string // runtimeDir "": the state directory
+	submission           bool   // a submission listener besides the relay one
+	dns                  string
+	port                 int // the MX hosts' port
+	retry                string
+}
+
+// worldConfig is the config of a daemon delivering into the test world:
+// relay listener (and submission) on 127.0.0.1:0, our DNS server, private
+// MX addresses allowed, retries every o.retry, metrics on a free port.
+func worldConfig(o worldConfigOptions) string {
+	runtime, sub := "", "[]"
+	if o.runtimeDir != "" {
+		runtime = "runtime_dir: " + o.runtimeDir + "\n"
+	}
+	if o.submission {
+		sub = `["127.0.0.1:0"]`
+	}
+	return fmt.Sprintf(`hostname: mta.example.test
+myorigin: example.test
+state_dir: %s
+%slisteners:
+  relay: ["127.0.0.1:0"]
+  submission: %s
+  submissions: []
+dns:
+  servers: [%q]
+delivery:
+  port: %d
+  allow_private_mx: true
+  retry_min: %s
+  retry_max: %s
+metrics:
+  address: "127.0.0.1:0"
+`, o.stateDir, runtime, sub, o.dns, o.port, o.retry, o.retry)
 }
