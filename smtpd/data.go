@@ -67,13 +67,15 @@ func (s *session) Data(r io.Reader) (err error) {
 // receive reads the message, fixes its header, signs it, streams it into
 // the spool and enqueues it. The returned error is the reply.
 func (s *session) receive(id string, r io.Reader, lim Limits) (*spool.Envelope, error) {
-	log := s.log.With("msg_id", id)
+	// Built only for a failure: With formats its attributes at once, a
+	// cost every accepted message would pay for nothing.
+	log := func() *slog.Logger { return s.log.With("msg_id", id) }
 	lenient := !s.kind.submission()
 	lr := s.srv.newLineReader(r, lenient, lim.MaxMessageBytes)
 	defer s.srv.releaseLineReader(lr)
 	h, err := readHeader(lr)
 	if err != nil {
-		return nil, s.dataFailure(log, err)
+		return nil, s.dataFailure(log(), err)
 	}
 	if err := s.checkHeader(h); err != nil {
 		return nil, err
@@ -82,14 +84,14 @@ func (s *session) receive(id string, r io.Reader, lim Limits) (*spool.Envelope, 
 	head := s.fixHeader(id, h, now)
 	bw, err := s.srv.cfg.Spool.NewBody(id)
 	if err != nil {
-		log.Error("starting the body", "err", err)
+		log().Error("starting the body", "err", err)
 		return nil, spoolReply(err)
 	}
 	enqueued := false
 	defer func() {
 		if !enqueued {
 			if err := bw.Abort(); err != nil {
-				log.Warn("discarding the body", "err", err)
+				log().Warn("discarding the body", "err", err)
 			}
 		}
 	}()
@@ -99,14 +101,14 @@ func (s *session) receive(id string, r io.Reader, lim Limits) (*spool.Envelope, 
 		err = writePlain(bw, head, lr)
 	}
 	if err != nil {
-		return nil, s.dataFailure(log, err)
+		return nil, s.dataFailure(log(), err)
 	}
 	env := s.envelope(h, now, lr.has8bit || !isASCII(head))
 	env.Size = bw.Size()
 	ctx, cancel := context.WithTimeout(context.Background(), enqueueTimeout)
 	defer cancel()
 	if err := s.srv.cfg.Spool.Enqueue(ctx, id, env, bw); err != nil {
-		log.Error("enqueue", "err", err)
+		log().Error("enqueue", "err", err)
 		return nil, spoolReply(err)
 	}
 	enqueued = true
