@@ -59,9 +59,9 @@ const maxReturnedBytes = 50 * 1024
 // Bouncer returns the spool.Options.Bounce hook: when a message retires it
 // builds one failure DSN covering its failed recipients whose NOTIFY asks
 // for failures, or returns nil when none is owed. It has no side effects.
-func Bouncer(cfg DSNConfig) func(m *spool.Message, body []byte) (*spool.NewMessage, error) {
+func Bouncer(cfg DSNConfig) func(m *spool.Message, body func() ([]byte, error)) (*spool.NewMessage, error) {
 	cfg = cfg.withDefaults()
-	return func(m *spool.Message, body []byte) (*spool.NewMessage, error) {
+	return func(m *spool.Message, body func() ([]byte, error)) (*spool.NewMessage, error) {
 		env := &m.Envelope
 		if env.Sender == "" || env.DSN {
 			return nil, nil
@@ -77,7 +77,11 @@ func Bouncer(cfg DSNConfig) func(m *spool.Message, body []byte) (*spool.NewMessa
 		if len(rcpts) == 0 {
 			return nil, nil
 		}
-		return buildDSN(cfg, m, dsnFailure, rcpts, body)
+		b, err := body()
+		if err != nil {
+			return nil, err
+		}
+		return buildDSN(cfg, m, dsnFailure, rcpts, b)
 	}
 }
 

@@ -258,9 +258,14 @@ func TestBouncerOwesNothing(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			nm, err := b(&spool.Message{ID: spool.NewID(), Envelope: tc.env}, []byte(body7))
+			read := false
+			body := func() ([]byte, error) { read = true; return []byte(body7), nil }
+			nm, err := b(&spool.Message{ID: spool.NewID(), Envelope: tc.env}, body)
 			if err != nil || nm != nil {
 				t.Errorf("Bouncer = %v, %v; want no DSN", nm, err)
+			}
+			if read {
+				t.Error("the body was read for a message that owes no DSN")
 			}
 		})
 	}

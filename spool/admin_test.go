@@ -125,7 +125,7 @@ func TestDelete(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := newClock()
 			bounces := 0
-			bounce := func(m *Message, _ []byte) (*NewMessage, error) { bounces++; return nil, nil }
+			bounce := func(m *Message, _ func() ([]byte, error)) (*NewMessage, error) { bounces++; return nil, nil }
 			s, _ := openSpool(t, Options{Now: clk.Now, Bounce: bounce, InlineBodyBytes: 100})
 			id := enqueue(t, s, envelope("a@o.test", "b@d.example", "c@d.example"), bodyOf("d", 1000))
 			now := clk.Now()

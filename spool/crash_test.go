@@ -193,7 +193,7 @@ func TestCrashChild(t *testing.T) {
 	if dir == "" {
 		t.Skip("only run by TestCrash")
 	}
-	bounce := func(m *Message, _ []byte) (*NewMessage, error) {
+	bounce := func(m *Message, _ func() ([]byte, error)) (*NewMessage, error) {
 		env := envelope("", m.Envelope.Sender)
 		env.DSN = true
 		return &NewMessage{ID: "dsn-" + m.ID, Envelope: *env, Body: []byte("report")}, nil

@@ -70,7 +70,7 @@ func newProp(t *testing.T, seed uint64) *prop {
 }
 
 // propBounce owes a DSN when a recipient failed.
-func propBounce(m *Message, _ []byte) (*NewMessage, error) {
+func propBounce(m *Message, _ func() ([]byte, error)) (*NewMessage, error) {
 	for _, r := range m.Envelope.Recipients {
 		if r.State == Failed {
 			env := envelope("", m.Envelope.Sender)

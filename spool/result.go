@@ -203,10 +203,7 @@ func (t *txn) bounce(m *Message, file bool) error {
 	if f == nil || m.Envelope.DSN || m.Envelope.Sender == "" {
 		return nil
 	}
-	body, err := t.bodyPrefix(m.ID, file, t.s.opts.BounceBodyBytes)
-	if err != nil {
-		return err
-	}
+	body := func() ([]byte, error) { return t.bodyPrefix(m.ID, file, t.s.opts.BounceBodyBytes) }
 	nm, err := f(m, body)
 	if err != nil {
 		return fmt.Errorf("bounce for %s: %w", m.ID, err)

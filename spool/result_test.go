@@ -194,7 +194,11 @@ func TestBounce(t *testing.T) {
 		body []byte
 	}
 	var calls []call
-	bounce := func(m *Message, body []byte) (*NewMessage, error) {
+	bounce := func(m *Message, readBody func() ([]byte, error)) (*NewMessage, error) {
+		body, err := readBody()
+		if err != nil {
+			return nil, err
+		}
 		calls = append(calls, call{m, bytes.Clone(body)})
 		env := envelope("", m.Envelope.Sender)
 		env.DSN = true
@@ -246,7 +250,7 @@ func TestBounce(t *testing.T) {
 func TestBounceError(t *testing.T) {
 	clk := newClock()
 	fail := true
-	bounce := func(m *Message, _ []byte) (*NewMessage, error) {
+	bounce := func(m *Message, _ func() ([]byte, error)) (*NewMessage, error) {
 		if fail {
 			return nil, errors.New("cannot build report")
 		}

@@ -242,9 +242,11 @@ type Options struct {
 	// Bounce builds the DSN for a message whose recipients have all become
 	// final, or returns nil when none is owed. It runs inside the commit
 	// that retires the message, so the DSN is enqueued in that same
-	// transaction; it must have no side effects. body holds the first
-	// BounceBodyBytes of the message (default 64 KiB).
-	Bounce          func(m *Message, body []byte) (*NewMessage, error)
+	// transaction; it must have no side effects. body reads the first
+	// BounceBodyBytes of the message (default 64 KiB); it is called only
+	// when a DSN is owed, so retiring a message that owes none reads no
+	// body.
+	Bounce          func(m *Message, body func() ([]byte, error)) (*NewMessage, error)
 	BounceBodyBytes int
 	// OnDue is called (without blocking) after a commit that made work due
 	// now: an enqueue, a retry, a release. cmd/mta wires it to the
