@@ -422,6 +422,45 @@ func TestLookupPTR(t *testing.T) {
 	}
 }
 
+// CachedPTR answers only what LookupPTR put in the cache, sends nothing,
+// and leaves a CNAME chain to LookupPTR.
+func TestCachedPTR(t *testing.T) {
+	d := testpeer.NewDNS(t, `$ORIGIN 2.0.192.in-addr.arpa.
+1 300 IN PTR mx1.plain.test.
+5 300 IN CNAME 5.0-25.2.0.192.in-addr.arpa.
+5.0-25 300 IN PTR classless.test.
+9 300 IN TXT "no PTR"
+`)
+	r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}})
+	cases := []struct {
+		ip   string
+		want []string
+		ok   bool // after LookupPTR
+		seen bool // cached already, by an earlier case
+	}{
+		{"192.0.2.1", []string{"mx1.plain.test"}, true, false},
+		{"::ffff:192.0.2.1", []string{"mx1.plain.test"}, true, true},
+		{"192.0.2.9", nil, true, false},   // NODATA: no name, for sure
+		{"192.0.2.200", nil, true, false}, // NXDOMAIN
+		{"192.0.2.5", nil, false, false},  // a CNAME: LookupPTR follows it
+	}
+	for _, tc := range cases {
+		ip := netip.MustParseAddr(tc.ip)
+		if names, ok := r.CachedPTR(ip); ok && !tc.seen {
+			t.Errorf("CachedPTR(%s) before any lookup = %q, true; want a miss", tc.ip, names)
+		}
+		_, _ = r.LookupPTR(t.Context(), ip) // the answers are TestLookupPTR's
+		before := len(d.Queries())
+		names, ok := r.CachedPTR(ip)
+		if ok != tc.ok || !slices.Equal(names, tc.want) {
+			t.Errorf("CachedPTR(%s) = %q, %v; want %q, %v", tc.ip, names, ok, tc.want, tc.ok)
+		}
+		if n := len(d.Queries()) - before; n != 0 {
+			t.Errorf("CachedPTR(%s) sent %d queries", tc.ip, n)
+		}
+	}
+}
+
 // TestLookupAddrs checks the daemon's own-name lookup.
 func TestLookupAddrs(t *testing.T) {
 	d := testpeer.NewDNS(t, cacheZone+`

@@ -36,6 +36,36 @@ func (r *Resolver) LookupPTR(ctx context.Context, ip netip.Addr) ([]string, erro
 	return names, nil
 }
 
+// CachedPTR is LookupPTR answered from the cache alone: it never waits and
+// never sends a query. ok is false when the answer is not cached or has a
+// CNAME to follow; then call LookupPTR. A cached negative or failed answer
+// is ok with no names. smtpd names its client with it before starting a
+// lookup of its own.
+func (r *Resolver) CachedPTR(ip netip.Addr) (names []string, ok bool) {
+	ip = ip.Unmap().WithZone("")
+	arpa, err := dns.ReverseAddr(ip.String())
+	if err != nil {
+		return nil, false
+	}
+	a, age, hit := r.cache.get(cacheKey{name: arpa, qtype: dns.TypePTR}, r.cfg.Now())
+	if !hit {
+		return nil, false
+	}
+	data, chain := follow(a.rrs, arpa, dns.TypePTR)
+	if len(chain) > 0 {
+		return nil, false
+	}
+	ex := Exchange{Name: arpa, Type: "PTR", Rcode: rcodeText(a.rcode), Cached: true, Err: a.err}
+	ex.Answer, ex.Omitted = aged(a.recs, uint32(age.Seconds())), a.omitted
+	r.report(context.Background(), ex, a, 0)
+	for _, rr := range data {
+		if p, isPTR := rr.(*dns.PTR); isPTR && len(names) < maxPTRNames {
+			names = append(names, hostKey(p.Ptr))
+		}
+	}
+	return names, true
+}
+
 // LookupAddrs returns the A and AAAA addresses of host (normalised like a
 // domain; it must have a dot), as the server gave them, A first, without
 // the prohibited-address rule: it is for checking our own name. When one

@@ -98,6 +98,10 @@ type Config struct {
 	// LookupPTR names the client in the Received field; it gets 2 s and
 	// "unknown" is used on failure or when it is nil.
 	LookupPTR func(ctx context.Context, ip netip.Addr) (string, error)
+	// CachedPTR, when set, is tried first: a name known without waiting
+	// (a cache), ok false when it is not known. A hit saves starting a
+	// lookup for the connection. name "" means the address has none.
+	CachedPTR func(ip netip.Addr) (name string, ok bool)
 	// TempDir holds the bodies of messages being DKIM-signed past 1 MiB
 	// (the signature precedes the body, so the body waits); default
 	// os.TempDir(). The files are unlinked as soon as they are created.

@@ -510,6 +510,15 @@ func (s *Server) startPTR(ip netip.Addr) *ptrLookup {
 		close(p.done)
 		return p
 	}
+	if s.cfg.CachedPTR != nil {
+		if name, ok := s.cfg.CachedPTR(ip); ok {
+			if name != "" {
+				p.name = sanitizeToken(name)
+			}
+			close(p.done)
+			return p
+		}
+	}
 	go func() {
 		defer close(p.done)
 		defer func() {

@@ -254,19 +254,27 @@ func TestLocalSocket(t *testing.T) {
 }
 
 func TestPTR(t *testing.T) {
+	slow := func(ctx context.Context, _ netip.Addr) (string, error) { <-ctx.Done(); return "", ctx.Err() }
 	cases := []struct {
 		name   string
 		lookup func(context.Context, netip.Addr) (string, error)
+		cached func(netip.Addr) (string, bool)
 		want   string
 	}{
-		{"name", func(context.Context, netip.Addr) (string, error) { return "client.ptr.test.", nil }, "(client.ptr.test [127.0.0.1])"},
-		{"failure", func(context.Context, netip.Addr) (string, error) { return "", errors.New("SERVFAIL") }, "(unknown [127.0.0.1])"},
-		{"timeout", func(ctx context.Context, _ netip.Addr) (string, error) { <-ctx.Done(); return "", ctx.Err() }, "(unknown [127.0.0.1])"},
-		{"hostile name", func(context.Context, netip.Addr) (string, error) { return "a;b)\r\nX-Evil: 1", nil }, "(a?b???X-Evil:?1 [127.0.0.1])"},
+		// A cache hit is used without a lookup (slow would say unknown); a
+		// miss falls back to the lookup.
+		{"cached name", slow, func(netip.Addr) (string, bool) { return "cached.ptr.test", true }, "(cached.ptr.test [127.0.0.1])"},
+		{"cached none", slow, func(netip.Addr) (string, bool) { return "", true }, "(unknown [127.0.0.1])"},
+		{"cache miss", func(context.Context, netip.Addr) (string, error) { return "looked.ptr.test", nil },
+			func(netip.Addr) (string, bool) { return "", false }, "(looked.ptr.test [127.0.0.1])"},
+		{"name", func(context.Context, netip.Addr) (string, error) { return "client.ptr.test.", nil }, nil, "(client.ptr.test [127.0.0.1])"},
+		{"failure", func(context.Context, netip.Addr) (string, error) { return "", errors.New("SERVFAIL") }, nil, "(unknown [127.0.0.1])"},
+		{"timeout", slow, nil, "(unknown [127.0.0.1])"},
+		{"hostile name", func(context.Context, netip.Addr) (string, error) { return "a;b)\r\nX-Evil: 1", nil }, nil, "(a?b???X-Evil:?1 [127.0.0.1])"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ts := startServer(t, func(c *Config) { c.LookupPTR = tc.lookup })
+			ts := startServer(t, func(c *Config) { c.LookupPTR, c.CachedPTR = tc.lookup, tc.cached })
 			c := ts.dial(Relay, "")
 			_, body := ts.stored(mustSend(t, c, "a@example.test", []string{"b@example.test"}, "Subject: x\r\n\r\nx\r\n"))
 			if first, _, _ := strings.Cut(body, "\r\n"); first != "Received: from client.test "+tc.want {

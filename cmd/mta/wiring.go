@@ -243,6 +243,7 @@ func (d *daemonState) smtpdConfig() (smtpd.Config, error) {
 		AllowUnownedFrom:     allowUnownedFrom(c.Limits),
 		SendmailTrustedUsers: c.SendmailTrust,
 		LookupPTR:            d.lookupPTR,
+		CachedPTR:            d.cachedPTR,
 		TempDir:              filepath.Join(d.dirs.State, "tmp"),
 		Logger:               d.log.With("subsystem", "smtpd"),
 		Observer:             smtpdObserver{d.metrics},
@@ -271,6 +272,14 @@ func (d *daemonState) lookupPTR(ctx context.Context, ip netip.Addr) (string, err
 		return "", err
 	}
 	return strings.TrimSuffix(names[0], "."), nil
+}
+
+func (d *daemonState) cachedPTR(ip netip.Addr) (string, bool) {
+	names, ok := d.res.CachedPTR(ip)
+	if !ok || len(names) == 0 {
+		return "", ok
+	}
+	return strings.TrimSuffix(names[0], "."), true
 }
 
 // allowUnownedFrom is limits.from_header_must_match turned around (on
