@@ -38,6 +38,8 @@ type Scheduler struct {
 	hard     context.Context // ends in-flight connections
 	cancel   context.CancelFunc
 	bg       sync.WaitGroup // workers and background quits
+	work     chan func()    // hands a function to an idle worker
+	idle     atomic.Int32   // workers waiting on work
 	conns    atomic.Int64
 
 	// Owned by the Run goroutine.
@@ -67,6 +69,7 @@ func New(cfg Config) (*Scheduler, error) {
 		hard:     hard,
 		cancel:   cancel,
 		dests:    make(map[string]*destination),
+		work:     make(chan func()),
 	}
 	e.dsn = e.dsn.withDefaults()
 	e.pool = newPool(e)
@@ -286,16 +289,52 @@ func (e *Scheduler) panicked(where string, p any) {
 	e.log.Error("panic recovered", "where", where, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 }
 
-// background runs f as a tracked goroutine (Shutdown waits for it).
+// workerIdle is how long a worker goroutine with nothing to do waits for
+// more before it ends.
+const workerIdle = 10 * time.Second
+
+// background runs f on a tracked goroutine (Shutdown waits for it). The
+// goroutines are reused: one that is done waits up to workerIdle for the
+// next function, so that under load an attempt does not start a goroutine
+// and grow its stack from nothing each time.
 func (e *Scheduler) background(f func()) {
-	e.bg.Go(func() {
-		defer func() {
-			if p := recover(); p != nil {
-				e.panicked("background", p)
-			}
-		}()
-		f()
-	})
+	select {
+	case e.work <- f: // an idle worker took it
+		return
+	default:
+	}
+	e.bg.Go(func() { e.worker(f) })
+}
+
+// worker runs f, then what background hands it, until it has been idle
+// for workerIdle or the scheduler's hard context ends.
+func (e *Scheduler) worker(f func()) {
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		e.runRecovered(f)
+		idle.Reset(workerIdle)
+		e.idle.Add(1)
+		select {
+		case f = <-e.work:
+			e.idle.Add(-1)
+		case <-idle.C:
+			e.idle.Add(-1)
+			return
+		case <-e.hard.Done():
+			e.idle.Add(-1)
+			return
+		}
+	}
+}
+
+func (e *Scheduler) runRecovered(f func()) {
+	defer func() {
+		if p := recover(); p != nil {
+			e.panicked("background", p)
+		}
+	}()
+	f()
 }
 
 func (e *Scheduler) connOpened() { e.obs.Connections(int(e.conns.Add(1))) }
