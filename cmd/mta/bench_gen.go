@@ -33,7 +33,8 @@ type genOptions struct {
 	// StopOnError ends a session at its first connection error instead of
 	// dialling again (used while the daemon is being killed).
 	StopOnError bool
-	// IOTimeout bounds every read and write (default 2 minutes).
+	// IOTimeout bounds the greeting and EHLO, and each transaction
+	// (default 2 minutes).
 	IOTimeout time.Duration
 }
 
@@ -119,7 +120,9 @@ func (g *generator) session(ctx context.Context) genResult {
 // one connection. An error is returned for the message it interrupted.
 func (g *generator) connection(ctx context.Context, seq int, r *genResult) error {
 	start := time.Now()
-	d := net.Dialer{Timeout: g.opts.IOTimeout}
+	// No TCP keepalive, as smtp-source: the deadlines bound every exchange,
+	// and keepalive would cost four setsockopt calls a message here.
+	d := net.Dialer{Timeout: g.opts.IOTimeout, KeepAlive: -1}
 	nc, err := d.DialContext(ctx, "tcp", g.opts.Target)
 	if err != nil {
 		r.Tried++
@@ -129,6 +132,7 @@ func (g *generator) connection(ctx context.Context, seq int, r *genResult) error
 	defer nc.Close()
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Now()) })
 	defer stop()
+	c.deadline()
 	if err := c.greeting(); err != nil {
 		r.Tried++
 		return err
@@ -171,6 +175,7 @@ func (g *generator) connection(ctx context.Context, seq int, r *genResult) error
 // text ("452 4.3.1"): 250 or the refusal of MAIL, RCPT (when no recipient
 // was taken), DATA or the dot.
 func (g *generator) transaction(c *genConn, seq int) (int, string, error) {
+	c.deadline() // one deadline for the whole transaction: setting one costs a timer update
 	if code, text, err := c.commandReply("MAIL FROM:<" + g.opts.From + ">"); err != nil || code != 250 {
 		return code, text, err
 	}
@@ -195,7 +200,6 @@ func (g *generator) transaction(c *genConn, seq int) (int, string, error) {
 	if code, text, err := c.commandReply("DATA"); err != nil || code != 354 {
 		return code, text, err
 	}
-	c.deadline()
 	if err := g.writeMessage(c.wr, seq, rcpts); err != nil {
 		return 0, "", err
 	}
@@ -243,7 +247,7 @@ func bodyFiller(size int) []byte {
 	return b
 }
 
-// genConn is one client connection with deadlines on every exchange.
+// genConn is one client connection; its owner sets the deadlines.
 type genConn struct {
 	nc      net.Conn
 	rd      *bufio.Reader
@@ -259,7 +263,6 @@ func (c *genConn) commandCode(line string) (int, error) {
 }
 
 func (c *genConn) commandReply(line string) (int, string, error) {
-	c.deadline()
 	_, _ = c.wr.WriteString(line) // a write error shows at Flush
 	_, _ = c.wr.WriteString("\r\n")
 	if err := c.wr.Flush(); err != nil {
@@ -277,7 +280,6 @@ func (c *genConn) command(want int, line string) error {
 }
 
 func (c *genConn) greeting() error {
-	c.deadline()
 	code, err := c.readCode()
 	if err == nil && code != 220 {
 		err = fmt.Errorf("greeting: reply %d", code)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,10 +17,17 @@ import (
 // without the right to bind the privileged ports.
 var fallbackPorts = map[string]string{"25": "2525", "587": "2587", "465": "2465"}
 
+// mailListen makes the SMTP listeners. Accepted sockets get no TCP
+// keepalive (Go turns it on by default, four setsockopt calls for every
+// connection): every read and write of a session has a deadline, which
+// ends a session with a vanished client sooner or later anyway, as
+// Postfix's smtpd does without keepalive.
+var mailListen = net.ListenConfig{KeepAlive: -1}
+
 // listenTCP binds addr; with fallback (zero-config only) a port from
 // fallbackPorts is tried when the privileged one cannot be bound.
 func listenTCP(addr string, fallback bool, log *slog.Logger) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
+	ln, err := mailListen.Listen(context.Background(), "tcp", addr)
 	if err == nil || !fallback {
 		return ln, err
 	}
@@ -29,7 +37,7 @@ func listenTCP(addr string, fallback bool, log *slog.Logger) (net.Listener, erro
 		return nil, err
 	}
 	altAddr := net.JoinHostPort(host, alt)
-	ln, err2 := net.Listen("tcp", altAddr)
+	ln, err2 := mailListen.Listen(context.Background(), "tcp", altAddr)
 	if err2 != nil {
 		return nil, fmt.Errorf("%w; fallback %s: %v", err, altAddr, err2)
 	}
