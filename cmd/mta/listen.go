@@ -19,9 +19,9 @@ var fallbackPorts = map[string]string{"25": "2525", "587": "2587", "465": "2465"
 
 // mailListen makes the SMTP listeners. Accepted sockets get no TCP
 // keepalive (Go turns it on by default, four setsockopt calls for every
-// connection): every read and write of a session has a deadline, which
-// ends a session with a vanished client sooner or later anyway, as
-// Postfix's smtpd does without keepalive.
+// connection): every read and write of a session has a deadline (smtpd's
+// timeouts), and that deadline is what ends a session whose client has
+// vanished.
 var mailListen = net.ListenConfig{KeepAlive: -1}
 
 // listenTCP binds addr; with fallback (zero-config only) a port from
