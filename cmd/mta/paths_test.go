@@ -78,3 +78,38 @@ func TestListenFallback(t *testing.T) {
 		t.Errorf("zero-config fallback listens on %s, want %s:2525", got, ip)
 	}
 }
+
+// Accepted SMTP sockets have no TCP keepalive: the session deadlines end
+// a vanished client's session.
+func TestListenTCPNoKeepalive(t *testing.T) {
+	ln, err := listenTCP("127.0.0.1:0", false, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	rc, err := s.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var on int
+	var serr error
+	if err := rc.Control(func(fd uintptr) { on, serr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_KEEPALIVE) }); err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	if on != 0 {
+		t.Errorf("SO_KEEPALIVE = %d on an accepted socket, want 0", on)
+	}
+}
