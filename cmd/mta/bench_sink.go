@@ -331,8 +331,10 @@ func (ss *sinkSession) data() error {
 func (ss *sinkSession) readMessage() (tag string, seq int, err error) {
 	seq = -1
 	inHeader, atStart := true, true
+	// One deadline for the whole message: one per line cost a timer
+	// update for every line the bench sends.
+	_ = ss.c.SetReadDeadline(time.Now().Add(sinkIdle))
 	for {
-		_ = ss.c.SetReadDeadline(time.Now().Add(sinkIdle))
 		line, err := ss.rd.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
 			atStart = false // the rest of a long line follows
