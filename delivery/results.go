@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"strconv"
 	"time"
 
@@ -187,19 +188,22 @@ func (e *Scheduler) notices(j *job, delayed, relayed []dsnRcpt) []spool.NewMessa
 // the attempt's, delay the time since the message arrived.
 func (e *Scheduler) logAttempt(j *job, t spool.Task, r result, sr spool.Result, d time.Duration) {
 	env := &j.msg.Envelope
-	attrs := []any{
-		"msg_id", j.id, "rcpt", env.Recipients[t.Rcpt].Addr, "domain", t.Domain,
-		"mx", r.host, "ip", r.ip, "attempt", t.Attempts + 1, "phase", r.phase,
-		"code", r.code, "enhanced", r.enhanced, "duration", d, "delay", e.cfg.Now().Sub(env.Arrival), "tls", r.tls,
-		"status", sr.State.String(), "reply", r.text,
-	}
+	// Typed attributes: one of these lines is logged for every recipient
+	// attempted, and key-value pairs would box each value first.
+	attrs := make([]slog.Attr, 0, 17)
+	attrs = append(attrs,
+		slog.String("msg_id", j.id), slog.String("rcpt", env.Recipients[t.Rcpt].Addr), slog.String("domain", t.Domain),
+		slog.String("mx", r.host), slog.String("ip", r.ip), slog.Int("attempt", t.Attempts+1), slog.String("phase", r.phase),
+		slog.Int("code", r.code), slog.String("enhanced", r.enhanced), slog.Duration("duration", d),
+		slog.Duration("delay", e.cfg.Now().Sub(env.Arrival)), slog.String("tls", r.tls),
+		slog.String("status", sr.State.String()), slog.String("reply", r.text))
 	if sr.State == spool.Deferred {
-		attrs = append(attrs, "next_attempt", sr.NextAttempt)
+		attrs = append(attrs, slog.Time("next_attempt", sr.NextAttempt))
 	}
 	if r.maybeDup {
-		attrs = append(attrs, "possible_duplicate", true)
+		attrs = append(attrs, slog.Bool("possible_duplicate", true))
 	}
-	e.log.Info("delivery attempt", attrs...)
+	e.log.LogAttrs(context.Background(), slog.LevelInfo, "delivery attempt", attrs...)
 	e.obs.Attempt(sr.State.String(), r.phase, r.code)
 	if sr.State == spool.Delivered {
 		e.obs.Delivered(e.cfg.Now().Sub(env.Arrival))

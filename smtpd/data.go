@@ -53,8 +53,9 @@ func (s *session) Data(r io.Reader) (err error) {
 	if err != nil {
 		return err
 	}
-	s.log.Info("message accepted", "msg_id", id, "sender", env.Sender, "rcpts", len(env.Recipients),
-		"size", env.Size, "duration", time.Since(start))
+	s.log.LogAttrs(context.Background(), slog.LevelInfo, "message accepted", slog.String("msg_id", id),
+		slog.String("sender", env.Sender), slog.Int("rcpts", len(env.Recipients)),
+		slog.Int64("size", env.Size), slog.Duration("duration", time.Since(start)))
 	s.srv.obs.MessageAccepted(s.kind.String(), env.Size, len(env.Recipients))
 	if s.user != nil {
 		now := s.srv.now()
