@@ -51,12 +51,15 @@
 // assembled from answers cached at different times may loop only while a
 // zone is being edited. The queue's lifetime still bounds the retries.
 //
-// Transport (RFC 1035 §4.2, RFC 6891, RFC 7766): queries go over UDP with an
-// EDNS0 OPT advertising 1232 bytes; a truncated reply is asked again over
-// TCP on the same server. A server that times out, fails, or answers with
-// anything but NOERROR/NXDOMAIN is followed by the next one. A reply must
-// carry our ID and echo our question; UDP datagrams with another ID are
-// discarded while waiting.
+// Transport (RFC 1035 §4.2, RFC 6891, RFC 7766, RFC 5452): queries go over
+// UDP with an EDNS0 OPT advertising 1232 bytes; a truncated reply is asked
+// again over TCP on the same server, and a FORMERR or NOTIMP without an OPT
+// record (a server that does not know EDNS0) is asked again without the
+// OPT. A server that times out, fails, or answers with anything but
+// NOERROR/NXDOMAIN is followed by the next one. A reply must carry our ID
+// and echo our question: UDP datagrams that do not, or do not parse, are
+// discarded while waiting, so a forger cannot end an exchange early; when
+// nothing else comes, the timeout names what was discarded.
 //
 // Cache (RFC 1035 §7.4, RFC 2308, RFC 9520): each exchange's answer is
 // cached under (name, type) for the smallest TTL of the records routing

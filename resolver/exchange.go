@@ -48,24 +48,37 @@ func (t *netTransport) exchange(ctx context.Context, server, proto string, q *dn
 	if proto == "tcp" {
 		return tcpRoundTrip(conn, wire)
 	}
-	return udpRoundTrip(conn, wire, q.Id)
+	return udpRoundTrip(conn, wire, q.Id, func(b []byte) error { _, err := decode(q, b); return err })
 }
 
-// udpRoundTrip sends wire and waits for a datagram carrying id; others
-// (late replies to earlier queries, spoofing attempts) are discarded.
-func udpRoundTrip(conn net.Conn, wire []byte, id uint16) ([]byte, error) {
+// udpRoundTrip sends wire and waits for a datagram carrying id that check
+// accepts (decode: a response to this very question). Others are discarded
+// (RFC 5452 §9.1): late replies to earlier queries, blind forgeries, and
+// replies with our ID to another question or that do not parse, any of
+// which an attacker on the path of the replies can send. When the wait
+// ends with nothing accepted, the error says what was discarded.
+func udpRoundTrip(conn net.Conn, wire []byte, id uint16, check func([]byte) error) ([]byte, error) {
 	if _, err := conn.Write(wire); err != nil {
 		return nil, err
 	}
 	buf := make([]byte, 4096) // we advertise 1232; tolerate larger
+	var discarded error
 	for {
 		n, err := conn.Read(buf)
 		if err != nil {
+			if discarded != nil {
+				return nil, fmt.Errorf("%w (a reply with the query's ID was discarded: %v)", err, discarded)
+			}
 			return nil, err
 		}
-		if n >= 2 && binary.BigEndian.Uint16(buf) == id {
-			return buf[:n], nil
+		if n < 2 || binary.BigEndian.Uint16(buf) != id {
+			continue
 		}
+		if err := check(buf[:n]); err != nil {
+			discarded = err
+			continue
+		}
+		return buf[:n], nil
 	}
 }
 
@@ -89,12 +102,15 @@ func tcpRoundTrip(conn net.Conn, wire []byte) ([]byte, error) {
 	return reply, nil
 }
 
-// newQuery is a recursive query for (name, qtype) with an EDNS0 OPT.
-func newQuery(name string, qtype uint16) *dns.Msg {
+// newQuery is a recursive query for (name, qtype), with an EDNS0 OPT
+// when edns.
+func newQuery(name string, qtype uint16, edns bool) *dns.Msg {
 	q := new(dns.Msg)
 	q.SetQuestion(dns.Fqdn(name), qtype)
 	q.RecursionDesired = true
-	q.SetEdns0(ednsBufferBytes, false)
+	if edns {
+		q.SetEdns0(ednsBufferBytes, false)
+	}
 	return q
 }
 
@@ -114,23 +130,40 @@ func (r *Resolver) exchangeAll(ctx context.Context, name string, qtype uint16) (
 	return a, exs
 }
 
-// exchangeServer asks one server over UDP, and again over TCP when the UDP
-// reply is truncated.
+// exchangeServer asks one server over UDP, again without EDNS0 when the
+// server refuses it, and again over TCP when the UDP reply is truncated.
 func (r *Resolver) exchangeServer(ctx context.Context, server, name string, qtype uint16) (*answer, []Exchange) {
-	a, ex, truncated := r.exchangeOnce(ctx, server, "udp", name, qtype)
-	if !truncated {
-		return a, []Exchange{ex}
+	a, ex, st := r.exchangeOnce(ctx, server, "udp", name, qtype, true)
+	exs := []Exchange{ex}
+	edns := true
+	if st.ednsRefused && ctx.Err() == nil {
+		edns = false
+		a, ex, st = r.exchangeOnce(ctx, server, "udp", name, qtype, false)
+		exs = append(exs, ex)
 	}
-	a2, ex2, _ := r.exchangeOnce(ctx, server, "tcp", name, qtype)
-	return a2, []Exchange{ex, ex2}
+	if st.truncated {
+		a, ex, _ = r.exchangeOnce(ctx, server, "tcp", name, qtype, edns)
+		exs = append(exs, ex)
+	}
+	return a, exs
+}
+
+// replyState is what exchangeServer needs to know of a reply beyond the
+// answer.
+type replyState struct {
+	truncated bool // over UDP: ask again over TCP
+	// ednsRefused: a FORMERR or NOTIMP without an OPT record to a query
+	// with one, the answer of a server that does not know EDNS0
+	// (RFC 6891 §7): ask again without it.
+	ednsRefused bool
 }
 
 // exchangeOnce makes one exchange, bounded by Config.Timeout, and reports
 // it to the log and the Observer.
-func (r *Resolver) exchangeOnce(ctx context.Context, server, proto, name string, qtype uint16) (*answer, Exchange, bool) {
+func (r *Resolver) exchangeOnce(ctx context.Context, server, proto, name string, qtype uint16, edns bool) (*answer, Exchange, replyState) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
-	q := newQuery(name, qtype)
+	q := newQuery(name, qtype, edns)
 	start := time.Now()
 	raw, err := r.transport.exchange(ctx, server, proto, q)
 	var m *dns.Msg
@@ -138,9 +171,9 @@ func (r *Resolver) exchangeOnce(ctx context.Context, server, proto, name string,
 		m, err = decode(q, raw)
 	}
 	d := time.Since(start)
-	ex := Exchange{Name: q.Question[0].Name, Type: dns.TypeToString[qtype], Server: server, Proto: proto, Duration: d}
+	ex := Exchange{Name: q.Question[0].Name, Type: dns.TypeToString[qtype], Server: server, Proto: proto, Duration: d, NoEDNS: !edns}
 	var a *answer
-	truncated := false
+	var st replyState
 	if err != nil {
 		a = &answer{rcode: rcodeError, err: err.Error()}
 		if isTimeout(err) {
@@ -150,12 +183,13 @@ func (r *Resolver) exchangeOnce(ctx context.Context, server, proto, name string,
 	} else {
 		a = reduce(m, name, qtype)
 		ex.Answer, ex.Omitted = records(m.Answer)
-		truncated = m.Truncated && proto == "udp"
+		st.truncated = m.Truncated && proto == "udp"
+		st.ednsRefused = edns && (m.Rcode == dns.RcodeFormatError || m.Rcode == dns.RcodeNotImplemented) && m.IsEdns0() == nil
 		ex.Truncated = m.Truncated
 	}
 	ex.Rcode = rcodeText(a.rcode)
 	r.report(ctx, ex, a, d)
-	return a, ex, truncated
+	return a, ex, st
 }
 
 func isTimeout(err error) bool {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -24,13 +25,14 @@ type frontQuery struct {
 
 // front is a miekg/dns server on 127.0.0.1 (UDP and TCP on one port) that
 // records each query's flags and EDNS0 OPT, lets before write replies of
-// its own first, then answers from the zone of a testpeer server.
+// its own to UDP queries first, then answers from the zone of a testpeer
+// server unless before said it answered.
 type front struct {
 	mu      sync.Mutex
 	queries []frontQuery
 }
 
-func newFront(t *testing.T, zone string, before func(w dns.ResponseWriter, req *dns.Msg)) (*front, string) {
+func newFront(t *testing.T, zone string, before func(w dns.ResponseWriter, req *dns.Msg) (answered bool)) (*front, string) {
 	t.Helper()
 	back := testpeer.NewDNS(t, zone)
 	f := &front{}
@@ -45,8 +47,8 @@ func newFront(t *testing.T, zone string, before func(w dns.ResponseWriter, req *
 		f.mu.Lock()
 		f.queries = append(f.queries, q)
 		f.mu.Unlock()
-		if before != nil && q.proto == "udp" {
-			before(w, req)
+		if before != nil && q.proto == "udp" && before(w, req) {
+			return
 		}
 		back.ServeDNS(w, req)
 	})
@@ -122,9 +124,10 @@ func TestRouteEDNS0(t *testing.T) {
 }
 
 // TestRouteForgedReply checks that UDP datagrams that do not carry the
-// query's ID (a late reply to an earlier query, or a blind forgery) are
-// discarded while the real reply is awaited, and that a reply with our ID
-// but another question is refused and counts as a failed exchange.
+// query's ID (a late reply to an earlier query, or a blind forgery), or
+// carry it with another question, are discarded while the real reply is
+// awaited (RFC 5452 §9.1), and that an exchange that gets nothing else
+// fails as a timeout that names what was discarded.
 func TestRouteForgedReply(t *testing.T) {
 	const zone = `$ORIGIN forged.test.
 @   300 IN MX 10 mx
@@ -144,9 +147,10 @@ mx  300 IN A 192.0.2.1
 		}
 	}
 	t.Run("wrong_ID_discarded", func(t *testing.T) {
-		_, addr := newFront(t, zone, func(w dns.ResponseWriter, req *dns.Msg) {
+		_, addr := newFront(t, zone, func(w dns.ResponseWriter, req *dns.Msg) bool {
 			forge(w, req, req.Id^0x5a5a, req.Question[0].Name)
 			forge(w, req, req.Id+1, req.Question[0].Name)
+			return false
 		})
 		rt, err := newResolver(t, resolver.Config{Servers: []string{addr}}).Route(t.Context(), "forged.test")
 		if err != nil {
@@ -156,17 +160,35 @@ mx  300 IN A 192.0.2.1
 			t.Errorf("hosts %q: a forged reply was taken", got)
 		}
 	})
-	t.Run("other_question_refused", func(t *testing.T) {
-		_, addr := newFront(t, zone, func(w dns.ResponseWriter, req *dns.Msg) {
+	t.Run("other_question_discarded", func(t *testing.T) {
+		_, addr := newFront(t, zone, func(w dns.ResponseWriter, req *dns.Msg) bool {
 			forge(w, req, req.Id, "evil.example.")
+			if _, err := w.Write([]byte{byte(req.Id >> 8), byte(req.Id), 0x81}); err != nil { // our ID, then garbage
+				panic(err)
+			}
+			return false
 		})
-		_, err := newResolver(t, resolver.Config{Servers: []string{addr}}).Route(t.Context(), "forged.test")
+		rt, err := newResolver(t, resolver.Config{Servers: []string{addr}}).Route(t.Context(), "forged.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := hostLines(rt.Hosts); !slices.Equal(got, []string{"mx.forged.test 10 [192.0.2.1]"}) {
+			t.Errorf("hosts %q: a forged reply was taken", got)
+		}
+	})
+	t.Run("only_forgeries_time_out", func(t *testing.T) {
+		_, addr := newFront(t, zone, func(w dns.ResponseWriter, req *dns.Msg) bool {
+			forge(w, req, req.Id, "evil.example.")
+			return true
+		})
+		r := newResolver(t, resolver.Config{Servers: []string{addr}, Timeout: 200 * time.Millisecond})
+		_, err := r.Route(t.Context(), "forged.test")
 		var re *resolver.Error
 		if !errors.As(err, &re) || !errors.Is(err, resolver.ErrDNS) || re.Permanent || re.Enhanced != "4.4.3" {
 			t.Fatalf("error = %v, want temporary ErrDNS 4.4.3", err)
 		}
-		if ex := re.Trace[0]; ex.Rcode != "ERROR" || !strings.Contains(ex.Err, "question does not match") {
-			t.Errorf("exchange %+v: want an error naming the mismatched question", ex)
+		if ex := re.Trace[0]; ex.Rcode != "TIMEOUT" || !strings.Contains(ex.Err, "question does not match") {
+			t.Errorf("exchange %+v: want a timeout naming the discarded reply's mismatched question", ex)
 		}
 	})
 }
@@ -200,4 +222,71 @@ func TestRouteHugeAddressAnswer(t *testing.T) {
 	if ex := rt.Trace[2]; ex.Type != "A" || ex.Proto != "tcp" || len(ex.Answer)+ex.Omitted != 2000 {
 		t.Errorf("A exchange %+v: want 2000 records over TCP", ex)
 	}
+}
+
+// TestRouteEDNSRefused checks that a server answering a query with EDNS0
+// by FORMERR or NOTIMP without an OPT record (one that does not know EDNS)
+// is asked again without it (RFC 6891 §7), that the trace shows both, and
+// that a FORMERR that does carry an OPT is taken as it is.
+func TestRouteEDNSRefused(t *testing.T) {
+	const zone = `$ORIGIN old.test.
+@   300 IN MX 10 mx
+mx  300 IN A 192.0.2.7
+`
+	refuse := func(rcode int, withOPT bool) func(w dns.ResponseWriter, req *dns.Msg) bool {
+		return func(w dns.ResponseWriter, req *dns.Msg) bool {
+			if req.IsEdns0() == nil {
+				return false // the zone answers a plain query
+			}
+			m := new(dns.Msg)
+			m.SetRcode(req, rcode)
+			if withOPT {
+				m.SetEdns0(512, false)
+			}
+			if err := w.WriteMsg(m); err != nil {
+				panic(err) // a loopback write does not fail
+			}
+			return true
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		rcode int
+	}{{"FORMERR", dns.RcodeFormatError}, {"NOTIMP", dns.RcodeNotImplemented}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, addr := newFront(t, zone, refuse(tc.rcode, false))
+			rt, err := newResolver(t, resolver.Config{Servers: []string{addr}}).Route(t.Context(), "old.test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := hostLines(rt.Hosts); !slices.Equal(got, []string{"mx.old.test 10 [192.0.2.7]"}) {
+				t.Errorf("hosts %q", got)
+			}
+			first, second := rt.Trace[0], rt.Trace[1]
+			if first.Type != "MX" || first.Rcode != tc.name || first.NoEDNS || second.Type != "MX" || second.Rcode != "NOERROR" || !second.NoEDNS {
+				t.Errorf("trace starts %+v, %+v: want the refused MX query, then the MX query without EDNS0", first, second)
+			}
+			var plain int
+			for _, q := range f.seen() {
+				if !q.edns {
+					plain++
+				}
+			}
+			if plain < 2 { // the MX and the host's A at least
+				t.Errorf("%d queries without EDNS0, want every refused one asked again: %+v", plain, f.seen())
+			}
+		})
+	}
+	t.Run("FORMERR_with_OPT_is_final", func(t *testing.T) {
+		f, addr := newFront(t, zone, refuse(dns.RcodeFormatError, true))
+		_, err := newResolver(t, resolver.Config{Servers: []string{addr}}).Route(t.Context(), "old.test")
+		if err == nil {
+			t.Fatal("a FORMERR that carries an OPT gave a route")
+		}
+		for _, q := range f.seen() {
+			if !q.edns {
+				t.Errorf("query %+v sent without EDNS0 to a server that speaks it", q)
+			}
+		}
+	})
 }

@@ -105,6 +105,10 @@ type Exchange struct {
 	// Truncated is set when the reply had the TC bit; a truncated UDP
 	// reply is followed by the same query over TCP.
 	Truncated bool
+	// NoEDNS is set on a query sent without the EDNS0 OPT record: asked
+	// again so, because the server refused the OPT (FORMERR or NOTIMP
+	// without an OPT in the reply, RFC 6891 §7).
+	NoEDNS bool
 	// Omitted counts answer records left out of Answer (at most 32 are
 	// kept, so a hostile answer cannot bloat a trace).
 	Omitted int

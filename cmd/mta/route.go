@@ -279,6 +279,9 @@ func writeExchange(b *strings.Builder, n, width int, ex resolver.Exchange) {
 	if ex.Truncated {
 		via += "  truncated"
 	}
+	if ex.NoEDNS {
+		via += "  without EDNS0"
+	}
 	fmt.Fprintf(b, "  %2d  %-5s %-*s  %-8s  %s\n", n, ex.Type, width, ex.Name, ex.Rcode, via)
 	if ex.Err != "" {
 		fmt.Fprintf(b, "        error: %s\n", ex.Err)
@@ -364,6 +367,7 @@ type exchangeJSON struct {
 	DurationMS float64      `json:"duration_ms"`
 	Cached     bool         `json:"cached"`
 	Truncated  bool         `json:"truncated,omitempty"`
+	NoEDNS     bool         `json:"no_edns,omitempty"`
 	Err        string       `json:"error,omitempty"`
 }
 
@@ -397,7 +401,7 @@ func printRouteJSON(w io.Writer, rt *resolver.Route, re *resolver.Error) error {
 		out.Trace = append(out.Trace, exchangeJSON{Name: ex.Name, Type: ex.Type, Server: ex.Server,
 			Proto: ex.Proto, Rcode: ex.Rcode, Answer: ans, Omitted: ex.Omitted,
 			DurationMS: float64(ex.Duration) / float64(time.Millisecond), Cached: ex.Cached,
-			Truncated: ex.Truncated, Err: ex.Err})
+			Truncated: ex.Truncated, NoEDNS: ex.NoEDNS, Err: ex.Err})
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

@@ -11,6 +11,7 @@ import (
 
 	"mta/internal/peer"
 	"mta/internal/testpeer"
+	"mta/resolver"
 )
 
 const routeCmdZone = `$ORIGIN test.
@@ -279,5 +280,22 @@ func runRouteCases(t *testing.T, cases []routeCase) {
 				}
 			}
 		})
+	}
+}
+
+// A query asked again without EDNS0 says so in the trace, as text and JSON.
+func TestRouteShowsNoEDNS(t *testing.T) {
+	ex := resolver.Exchange{Name: "old.test.", Type: "MX", Server: "192.0.2.53:53", Proto: "udp", Rcode: "NOERROR", NoEDNS: true}
+	var b strings.Builder
+	writeExchange(&b, 2, 9, ex)
+	if !strings.Contains(b.String(), "without EDNS0") {
+		t.Errorf("trace line %q does not say the query went without EDNS0", b.String())
+	}
+	var out bytes.Buffer
+	if err := printRouteJSON(&out, &resolver.Route{Domain: "old.test", Trace: []resolver.Exchange{ex}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `"no_edns": true`) {
+		t.Errorf("JSON lacks no_edns:\n%s", out.String())
 	}
 }
