@@ -33,7 +33,8 @@ func newPool(e *Scheduler) *pool {
 	return &pool{e: e, idle: make(map[poolKey][]*idleSession)}
 }
 
-// get takes the most recently used idle session for k, or nil.
+// get takes the most recently used idle session for k, or nil. One that
+// outlived ReuseAge while idle is ended, not handed out.
 func (p *pool) get(k poolKey) *session {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -43,9 +44,15 @@ func (p *pool) get(k poolKey) *session {
 		list = list[:len(list)-1]
 		p.set(k, list)
 		p.n--
-		if is.timer.Stop() { // else the idle timer has it and is closing it
-			return is.s
+		if !is.timer.Stop() { // the idle timer has it and is closing it
+			continue
 		}
+		if time.Since(is.s.born) >= p.e.cfg.ReuseAge {
+			s := is.s
+			p.e.background(func() { p.e.quit(s) })
+			continue
+		}
+		return is.s
 	}
 	return nil
 }

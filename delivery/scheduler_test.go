@@ -350,22 +350,30 @@ func TestDeliverConnectionCaps(t *testing.T) {
 }
 
 // TestDeliverReuseBounds: a connection carries at most ReuseMessages
-// messages and lives at most ReuseAge; then it is closed with QUIT and the
-// next message opens a new one.
+// messages and lives at most ReuseAge, also when that age passes while it
+// is idle; then it is closed with QUIT and the next message opens a new
+// one.
 func TestDeliverReuseBounds(t *testing.T) {
 	tests := []struct {
 		name      string
 		cfg       func(*delivery.Config)
-		wantConns int // for 4 messages, one after the other
+		pause     time.Duration // between the messages
+		wantConns int           // for 4 messages, one after the other
+		wantQuits int           // connections ended with QUIT by the end
 	}{
-		{"messages", func(c *delivery.Config) { c.ReuseMessages = 2 }, 2},
-		{"age", func(c *delivery.Config) { c.ReuseAge = time.Nanosecond }, 4},
+		{"messages", func(c *delivery.Config) { c.ReuseMessages = 2 }, 0, 2, 2},
+		{"age", func(c *delivery.Config) { c.ReuseAge = time.Nanosecond }, 0, 4, 4},
+		// The last connection is young when it goes idle, and stays so.
+		{"age_while_idle", func(c *delivery.Config) { c.ReuseAge = 300 * time.Millisecond }, 350 * time.Millisecond, 4, 3},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newWorld(t, setup{zone: oneMXZone, hosts: map[string]peer.Behaviour{"127.0.0.2": {}},
 				cfg: func(c *delivery.Config) { c.IdleTimeout = time.Minute; tc.cfg(c) }})
-			for range 4 {
+			for i := range 4 {
+				if i > 0 {
+					time.Sleep(tc.pause) // the idle connection ages
+				}
 				w.waitStates(w.send("s@sender.test", []string{"x@example.test"}, body7), spool.Delivered)
 			}
 			h := w.hosts["127.0.0.2"]
@@ -379,7 +387,7 @@ func TestDeliverReuseBounds(t *testing.T) {
 						quits++
 					}
 				}
-				return quits == tc.wantConns // the last one has served its messages (or time) too
+				return quits == tc.wantQuits
 			})
 		})
 	}
