@@ -140,7 +140,7 @@ func TestDeliverRelayhostAuthOverVerifiedTLS(t *testing.T) {
 	m := w.waitStates(id, spool.Delivered, spool.Delivered)
 	h := w.hosts["127.0.0.5"]
 	s := h.Sessions()[0]
-	if !s.TLS || s.AuthUser != "me" || s.ServerName != "relay.test" {
+	if !s.TLS || s.AuthUser != "me" || s.AuthMech != "PLAIN" || s.ServerName != "relay.test" {
 		t.Errorf("relay session %+v: want verified TLS, then AUTH as me", s)
 	}
 	if a := lastAttempt(&m.Envelope.Recipients[0]); a.Host != "relay.test" || a.TLS != "TLS1.3 verified" {
@@ -156,6 +156,18 @@ func TestDeliverRelayhostAuthOverVerifiedTLS(t *testing.T) {
 	if !strings.Contains(logs, `line="EHLO `+ourHost+`"`) || strings.Contains(logs, "AG1lAHNlY3JldA") || strings.Contains(logs, `line="AUTH`) ||
 		strings.Contains(logs, "Hello there") {
 		t.Errorf("trace transcript should show EHLO and hide AUTH and the body:\n%s", logs)
+	}
+}
+
+// A relayhost that offers only AUTH LOGIN gets LOGIN.
+func TestDeliverRelayhostAuthLogin(t *testing.T) {
+	c := cert(t, "relay.test")
+	relay := peer.Behaviour{Cert: &c.TLS, Auth: map[string]string{"me": "secret"}, AuthMechs: []string{"LOGIN"}}
+	w := newWorld(t, setup{zone: relayZone, hosts: map[string]peer.Behaviour{"127.0.0.5": relay}, noStart: true})
+	w = relayWorld(t, w, c)
+	w.waitStates(w.send("s@sender.test", []string{"x@example.test"}, body7), spool.Delivered)
+	if s := w.hosts["127.0.0.5"].Sessions()[0]; s.AuthUser != "me" || s.AuthMech != "LOGIN" || s.AuthAttempts != 1 {
+		t.Errorf("relay session: user %q, mechanism %q, %d AUTH exchanges; want me, LOGIN, 1", s.AuthUser, s.AuthMech, s.AuthAttempts)
 	}
 }
 

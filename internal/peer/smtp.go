@@ -107,6 +107,9 @@ type Behaviour struct {
 	// unless AllowInsecureAuth.
 	Auth              map[string]string
 	AllowInsecureAuth bool
+	// AuthMechs are the mechanisms offered with Auth (default PLAIN and
+	// LOGIN); others are refused as unknown.
+	AuthMechs []string
 	// Domain is the host's name in its greeting (default "peer.test").
 	Domain string
 	// ReverseName, when set, is asked for the client address's name (its

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,9 +23,11 @@ type Session struct {
 	TLS        bool
 	TLSVersion uint16
 	ServerName string
-	// AuthUser is the user that authenticated; AuthAttempts counts AUTH
-	// exchanges the server took (with or without success).
+	// AuthUser is the user that authenticated, with AuthMech;
+	// AuthAttempts counts AUTH exchanges the server took (with or without
+	// success).
 	AuthUser     string
+	AuthMech     string
 	AuthAttempts int
 	Transactions []Transaction
 	// Commands are the command lines read in plain text, in order.
@@ -251,17 +254,24 @@ func (s *session) AuthMechanisms() []string {
 	if s.c.b.Auth == nil {
 		return nil
 	}
+	if s.c.b.AuthMechs != nil {
+		return s.c.b.AuthMechs
+	}
 	return []string{sasl.Plain, sasl.Login}
 }
 
 func (s *session) Auth(mech string) (sasl.Server, error) {
 	s.h().update(func() { s.c.rec.AuthAttempts++ })
+	mech = strings.ToUpper(mech)
+	if !slices.Contains(s.AuthMechanisms(), mech) {
+		return nil, smtp.ErrAuthUnknownMechanism
+	}
 	check := func(user, pass string) error {
 		if want, ok := s.c.b.Auth[user]; !ok || want != pass {
 			return smtp.ErrAuthFailed
 		}
 		s.authed = true
-		s.h().update(func() { s.c.rec.AuthUser = user })
+		s.h().update(func() { s.c.rec.AuthUser, s.c.rec.AuthMech = user, mech })
 		return nil
 	}
 	switch strings.ToUpper(mech) {
