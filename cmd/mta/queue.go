@@ -55,38 +55,67 @@ func runQueue(ctx context.Context, args []string, stdio Stdio) error {
 	}
 	req := adminRequest{Op: op, ID: id, Limit: *limit, Bounce: *bounce,
 		Filter: spool.Filter{Domain: *domain, State: *state, Sender: *sender, OlderThan: *older}}
+	if unknown, err := checkQueueOp(&req, *retired); err != nil {
+		if unknown {
+			fs.Usage()
+		}
+		return err
+	}
+	resp, err := callQueue(ctx, *config, req, op)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdio.Out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(resp)
+	}
+	printQueueResult(stdio.Out, req.Op, op, id, resp, time.Now())
+	return nil
+}
+
+// checkQueueOp checks that req's operation has the ID it needs (or none),
+// and makes "list --retired" the "retired" request; unknown says the
+// operation itself is not one.
+func checkQueueOp(req *adminRequest, retired bool) (unknown bool, err error) {
+	op, id := req.Op, req.ID
 	switch op {
 	case "list", "flush":
 		if id != "" {
-			return exitf(exitUsage, "queue %s takes no ID", op)
+			return false, exitf(exitUsage, "queue %s takes no ID", op)
 		}
-		if *retired && op == "list" {
+		if retired && op == "list" {
 			req.Op = "retired"
 		}
 	case "retry":
 		if id == "all" {
 			req.ID = ""
 		} else if id == "" {
-			return exitf(exitUsage, "queue retry needs an ID or \"all\"")
+			return false, exitf(exitUsage, "queue retry needs an ID or \"all\"")
 		}
 	case "show", "hold", "release", "delete":
 		if id == "" {
-			return exitf(exitUsage, "queue %s needs a message ID", op)
+			return false, exitf(exitUsage, "queue %s needs a message ID", op)
 		}
 	default:
-		fs.Usage()
-		return exitf(exitUsage, "unknown queue operation %q", op)
+		return true, exitf(exitUsage, "unknown queue operation %q", op)
 	}
-	cfg, err := clientConfig(*config)
+	return false, nil
+}
+
+// callQueue asks the daemon's admin socket and turns its refusals into
+// exit codes.
+func callQueue(ctx context.Context, config string, req adminRequest, op string) (*adminResponse, error) {
+	cfg, err := clientConfig(config)
 	if err != nil {
-		return exitf(exitConfig, "%v", err)
+		return nil, exitf(exitConfig, "%v", err)
 	}
 	resp, err := adminCall(ctx, filepath.Join(clientDirs(cfg).Runtime, adminSocket), req)
 	if errors.Is(err, iofs.ErrPermission) {
-		return exitf(exitNoPerm, "%v (members of group %s may use mta queue)", err, cfg.Admin.Group)
+		return nil, exitf(exitNoPerm, "%v (members of group %s may use mta queue)", err, cfg.Admin.Group)
 	}
 	if err != nil {
-		return exitf(exitTempFail, "%v", err)
+		return nil, exitf(exitTempFail, "%v", err)
 	}
 	if resp.Error != "" {
 		code := exitFailure
@@ -96,27 +125,24 @@ func runQueue(ctx context.Context, args []string, stdio Stdio) error {
 		case resp.Denied:
 			code = exitNoPerm
 		}
-		return exitf(code, "queue %s: %s", op, resp.Error)
+		return nil, exitf(code, "queue %s: %s", op, resp.Error)
 	}
-	if *asJSON {
-		enc := json.NewEncoder(stdio.Out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(resp)
-	}
-	now := time.Now()
+	return resp, nil
+}
+
+func printQueueResult(w io.Writer, reqOp, op, id string, resp *adminResponse, now time.Time) {
 	switch {
-	case req.Op == "retired":
-		printRetired(stdio.Out, resp, now)
+	case reqOp == "retired":
+		printRetired(w, resp, now)
 	case op == "list":
-		printQueueList(stdio.Out, resp, now)
+		printQueueList(w, resp, now)
 	case op == "show":
-		printMessage(stdio.Out, resp.Message, now)
+		printMessage(w, resp.Message, now)
 	case op == "retry", op == "flush":
-		fmt.Fprintf(stdio.Out, "%d recipient(s) due now\n", resp.Changed)
+		fmt.Fprintf(w, "%d recipient(s) due now\n", resp.Changed)
 	default:
-		fmt.Fprintf(stdio.Out, "%s: %s done\n", id, op)
+		fmt.Fprintf(w, "%s: %s done\n", id, op)
 	}
-	return nil
 }
 
 func printQueueList(w io.Writer, resp *adminResponse, now time.Time) {
