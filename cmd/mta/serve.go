@@ -149,7 +149,7 @@ func (d *daemonState) status() string {
 const daemonGCPercent = 400
 
 // setGCPercent applies daemonGCPercent unless GOGC is set: an operator's
-// GOGC (or GOMEMLIMIT with GOGC=off) wins.
+// GOGC (or GOMEMLIMIT with GOGC=off) wins. mta bench runs at it too.
 func setGCPercent() {
 	if _, ok := os.LookupEnv("GOGC"); !ok {
 		debug.SetGCPercent(daemonGCPercent)
