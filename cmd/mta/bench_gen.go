@@ -98,12 +98,14 @@ func (g *generator) take() (int, bool) {
 // the messages run out.
 func (g *generator) session(ctx context.Context) genResult {
 	r := genResult{Replies: map[string]int{}}
+	// One pair of buffers for all of the session's connections.
+	c := &genConn{rd: bufio.NewReaderSize(nil, 4096), wr: bufio.NewWriterSize(nil, 8<<10), timeout: g.opts.IOTimeout}
 	for ctx.Err() == nil {
 		seq, ok := g.take()
 		if !ok {
 			return r
 		}
-		if err := g.connection(ctx, seq, &r); err != nil {
+		if err := g.connection(ctx, c, seq, &r); err != nil {
 			r.Errors++
 			if r.FirstErr == "" {
 				r.FirstErr = err.Error()
@@ -118,9 +120,9 @@ func (g *generator) session(ctx context.Context) genResult {
 
 // connection delivers up to PerSession messages, the first being seq, on
 // one connection. An error is returned for the message it interrupted.
-func (g *generator) connection(ctx context.Context, seq int, r *genResult) error {
+func (g *generator) connection(ctx context.Context, c *genConn, seq int, r *genResult) error {
 	start := time.Now()
-	// No TCP keepalive, as smtp-source: the deadlines bound every exchange,
+	// No TCP keepalive: the deadlines bound every exchange,
 	// and keepalive would cost four setsockopt calls a message here.
 	d := net.Dialer{Timeout: g.opts.IOTimeout, KeepAlive: -1}
 	nc, err := d.DialContext(ctx, "tcp", g.opts.Target)
@@ -128,7 +130,9 @@ func (g *generator) connection(ctx context.Context, seq int, r *genResult) error
 		r.Tried++
 		return err
 	}
-	c := &genConn{nc: nc, rd: bufio.NewReaderSize(nc, 4096), wr: bufio.NewWriterSize(nc, 8<<10), timeout: g.opts.IOTimeout}
+	c.nc = nc
+	c.rd.Reset(nc)
+	c.wr.Reset(nc)
 	defer nc.Close()
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Now()) })
 	defer stop()
