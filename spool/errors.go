@@ -64,6 +64,11 @@ func ioError(context string, err error) error {
 	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		return fmt.Errorf("%s: %w", context, ErrClosed)
 	}
+	// The spool's data buckets hold values only: a nested bucket where a
+	// value is read, written or deleted is a damaged page.
+	if errors.Is(err, berrors.ErrIncompatibleValue) {
+		return fmt.Errorf("%s: %w (%w)", context, ErrCorrupt, err)
+	}
 	return fmt.Errorf("%s: %w", context, err)
 }
 

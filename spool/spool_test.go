@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	berrors "go.etcd.io/bbolt/errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -422,7 +423,7 @@ func TestHas8Bit(t *testing.T) {
 	}
 }
 
-func TestIOErrorMapsFullDisk(t *testing.T) {
+func TestIOErrorSentinels(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		err  error
@@ -432,6 +433,7 @@ func TestIOErrorMapsFullDisk(t *testing.T) {
 		{"quota exceeded", &os.PathError{Op: "write", Path: "spool.db", Err: syscall.EDQUOT}, ErrNoSpace},
 		{"errno lost in a message", fmt.Errorf("file resize error: %s", syscall.ENOSPC), ErrNoSpace},
 		{"other error", &os.PathError{Op: "write", Path: "spool.db", Err: syscall.EIO}, syscall.EIO},
+		{"a bucket where a value belongs", berrors.ErrIncompatibleValue, ErrCorrupt},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := ioError("commit", tc.err); !errors.Is(err, tc.want) {
