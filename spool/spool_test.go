@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	berrors "go.etcd.io/bbolt/errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -15,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 func TestNewID(t *testing.T) {
