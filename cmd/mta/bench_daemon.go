@@ -297,6 +297,43 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(ut+st) * time.Second / clockTicks, nil
 }
 
+// machineCPU reads the machine's CPU time from the first line of
+// /proc/stat: all of it, and the part the hypervisor gave to other guests
+// (steal), in clock ticks.
+func machineCPU() (total, steal int64, err error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := strings.Fields(string(line))
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, 0, errors.New("/proc/stat: unexpected format")
+	}
+	for i, v := range f[1:] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		if i < 8 { // user … steal; guest time is counted in user already
+			total += n
+		}
+		if i == 7 {
+			steal = n
+		}
+	}
+	return total, steal, nil
+}
+
+// stealPercent is the share of the machine's CPU time stolen between two
+// machineCPU readings; 0 when nothing can be said.
+func stealPercent(total0, steal0, total1, steal1 int64) float64 {
+	if total1 <= total0 {
+		return 0
+	}
+	return 100 * float64(steal1-steal0) / float64(total1-total0)
+}
+
 // procStatus reads one "Key: N kB" line of /proc/PID/status, in bytes.
 func procStatus(pid int, key string) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))

@@ -82,6 +82,8 @@ func measure(ctx context.Context, o benchOptions, w *world, d *childDaemon, led 
 	if err := errors.Join(err1, err2); err != nil {
 		return err
 	}
+	mt0, ms0, mErr := machineCPU() // a machine without /proc/stat steal gets no steal row
+
 	if o.profileDir != "" {
 		if err := d.Signal(syscall.SIGUSR1); err != nil {
 			return err
@@ -92,6 +94,10 @@ func measure(ctx context.Context, o benchOptions, w *world, d *childDaemon, led 
 	waitErr := waitArrivals(ctx, led, g.Accepted*o.rcpts, d.exited)
 	cpu1, err1 := procCPU(d.PID())
 	self1, err2 := procCPU(os.Getpid())
+	if mt1, ms1, err := machineCPU(); err == nil && mErr == nil {
+		r.StealPct = stealPercent(mt0, ms0, mt1, ms1)
+		r.StealKnown = true
+	}
 	if o.profileDir != "" {
 		r.ProfileFiles, err1 = collectProfiles(ctx, d, o.profileDir)
 	}

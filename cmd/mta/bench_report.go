@@ -37,35 +37,40 @@ type benchParams struct {
 type benchReport struct {
 	Params benchParams `json:"parameters"`
 
-	Tried        int            `json:"tried"`
-	Accepted     int            `json:"accepted"`
-	Refused      map[string]int `json:"refused,omitempty"`
-	Errors       int            `json:"errors"`
-	FirstError   string         `json:"first_error,omitempty"`
-	AcceptSecs   float64        `json:"accept_seconds"`
-	AcceptRate   float64        `json:"accept_rate"`
-	AcceptP50Ms  float64        `json:"accept_latency_p50_ms"`
-	AcceptP99Ms  float64        `json:"accept_latency_p99_ms"`
-	AcceptMaxMs  float64        `json:"accept_latency_max_ms"`
-	Expected     int            `json:"expected_arrivals,omitempty"`
-	Delivered    int            `json:"delivered,omitempty"`
-	Duplicates   int            `json:"duplicates,omitempty"`
-	Foreign      int            `json:"foreign,omitempty"`
-	E2ESecs      float64        `json:"end_to_end_seconds,omitempty"`
-	E2ERate      float64        `json:"end_to_end_rate,omitempty"`
-	DeliveryP50  float64        `json:"delivery_latency_p50_ms,omitempty"`
-	DeliveryP99  float64        `json:"delivery_latency_p99_ms,omitempty"`
-	DaemonCPU    float64        `json:"daemon_cpu_seconds,omitempty"`
-	HeapBytes    int64          `json:"daemon_heap_inuse_bytes,omitempty"`
-	HeapPeak     int64          `json:"daemon_heap_inuse_peak_bytes,omitempty"`
-	RSSAnon      int64          `json:"daemon_rss_anon_bytes,omitempty"`
-	RSSAnonPeak  int64          `json:"daemon_rss_anon_peak_bytes,omitempty"`
-	SpoolBytes   int64          `json:"spool_bytes,omitempty"`
-	SpoolPeak    int64          `json:"spool_peak_bytes,omitempty"`
-	SpoolFS      string         `json:"spool_file_system,omitempty"`
-	BenchCPU     float64        `json:"bench_process_cpu_seconds,omitempty"`
-	PrefillSecs  float64        `json:"prefill_seconds,omitempty"`
-	ProfileFiles []string       `json:"profiles,omitempty"`
+	Tried       int            `json:"tried"`
+	Accepted    int            `json:"accepted"`
+	Refused     map[string]int `json:"refused,omitempty"`
+	Errors      int            `json:"errors"`
+	FirstError  string         `json:"first_error,omitempty"`
+	AcceptSecs  float64        `json:"accept_seconds"`
+	AcceptRate  float64        `json:"accept_rate"`
+	AcceptP50Ms float64        `json:"accept_latency_p50_ms"`
+	AcceptP99Ms float64        `json:"accept_latency_p99_ms"`
+	AcceptMaxMs float64        `json:"accept_latency_max_ms"`
+	Expected    int            `json:"expected_arrivals,omitempty"`
+	Delivered   int            `json:"delivered,omitempty"`
+	Duplicates  int            `json:"duplicates,omitempty"`
+	Foreign     int            `json:"foreign,omitempty"`
+	E2ESecs     float64        `json:"end_to_end_seconds,omitempty"`
+	E2ERate     float64        `json:"end_to_end_rate,omitempty"`
+	DeliveryP50 float64        `json:"delivery_latency_p50_ms,omitempty"`
+	DeliveryP99 float64        `json:"delivery_latency_p99_ms,omitempty"`
+	DaemonCPU   float64        `json:"daemon_cpu_seconds,omitempty"`
+	HeapBytes   int64          `json:"daemon_heap_inuse_bytes,omitempty"`
+	HeapPeak    int64          `json:"daemon_heap_inuse_peak_bytes,omitempty"`
+	RSSAnon     int64          `json:"daemon_rss_anon_bytes,omitempty"`
+	RSSAnonPeak int64          `json:"daemon_rss_anon_peak_bytes,omitempty"`
+	SpoolBytes  int64          `json:"spool_bytes,omitempty"`
+	SpoolPeak   int64          `json:"spool_peak_bytes,omitempty"`
+	SpoolFS     string         `json:"spool_file_system,omitempty"`
+	BenchCPU    float64        `json:"bench_process_cpu_seconds,omitempty"`
+	// StealPct is the share of the machine's CPU time the hypervisor gave
+	// to other guests during the measured run: a run with steal is slower
+	// for reasons outside it.
+	StealPct     float64  `json:"steal_percent"`
+	StealKnown   bool     `json:"-"`
+	PrefillSecs  float64  `json:"prefill_seconds,omitempty"`
+	ProfileFiles []string `json:"profiles,omitempty"`
 }
 
 // addGenerator fills the accept figures from the generator's result.
@@ -130,7 +135,11 @@ func (r *benchReport) writeTable(w io.Writer) error {
 		row("", "%s", strings.TrimSpace(fmt.Sprintf("%s %s %s", opt("sink delay ", p.SinkDelay),
 			opt("prefilled queue ", itoaNZ(p.Prefill)), opt("target ", p.Target))))
 	}
-	row("machine", "%d CPUs, load average %.2f at start", p.CPUs, p.LoadAvg)
+	if r.StealKnown {
+		row("machine", "%d CPUs, load average %.2f at start, %.1f%% of CPU time stolen while measured", p.CPUs, p.LoadAvg, r.StealPct)
+	} else {
+		row("machine", "%d CPUs, load average %.2f at start", p.CPUs, p.LoadAvg)
+	}
 	row("accepted", "%d of %d tried, %d connection errors%s", r.Accepted, r.Tried, r.Errors, refusedText(r.Refused))
 	if r.FirstError != "" {
 		row("first error", "%s", r.FirstError)

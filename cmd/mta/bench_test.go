@@ -280,3 +280,27 @@ func BenchmarkGenerateIntoPeerHost(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*batch)/time.Since(start).Seconds(), "msgs/s")
 }
+
+// The machine row's steal: read from /proc/stat, as a share of all CPU
+// time between two readings.
+func TestStealPercent(t *testing.T) {
+	total, steal, err := machineCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total <= 0 || steal < 0 || steal > total {
+		t.Errorf("machineCPU = %d total, %d steal", total, steal)
+	}
+	for _, tc := range []struct {
+		t0, s0, t1, s1 int64
+		want           float64
+	}{
+		{1000, 10, 2000, 260, 25},
+		{1000, 10, 2000, 10, 0},
+		{1000, 10, 1000, 10, 0}, // no time passed: nothing to say
+	} {
+		if got := stealPercent(tc.t0, tc.s0, tc.t1, tc.s1); got != tc.want {
+			t.Errorf("stealPercent(%d, %d, %d, %d) = %v, want %v", tc.t0, tc.s0, tc.t1, tc.s1, got, tc.want)
+		}
+	}
+}
