@@ -146,36 +146,32 @@ mx  300 IN A 192.0.2.1
 			panic(err) // a loopback write does not fail
 		}
 	}
-	t.Run("wrong_ID_discarded", func(t *testing.T) {
-		_, addr := newFront(t, zone, func(w dns.ResponseWriter, req *dns.Msg) bool {
+	for _, tc := range []struct {
+		name   string
+		before func(w dns.ResponseWriter, req *dns.Msg)
+	}{
+		{"wrong_ID_discarded", func(w dns.ResponseWriter, req *dns.Msg) {
 			forge(w, req, req.Id^0x5a5a, req.Question[0].Name)
 			forge(w, req, req.Id+1, req.Question[0].Name)
-			return false
-		})
-		rt, err := newResolver(t, resolver.Config{Servers: []string{addr}}).Route(t.Context(), "forged.test")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := hostLines(rt.Hosts); !slices.Equal(got, []string{"mx.forged.test 10 [192.0.2.1]"}) {
-			t.Errorf("hosts %q: a forged reply was taken", got)
-		}
-	})
-	t.Run("other_question_discarded", func(t *testing.T) {
-		_, addr := newFront(t, zone, func(w dns.ResponseWriter, req *dns.Msg) bool {
+		}},
+		{"other_question_discarded", func(w dns.ResponseWriter, req *dns.Msg) {
 			forge(w, req, req.Id, "evil.example.")
 			if _, err := w.Write([]byte{byte(req.Id >> 8), byte(req.Id), 0x81}); err != nil { // our ID, then garbage
 				panic(err)
 			}
-			return false
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, addr := newFront(t, zone, func(w dns.ResponseWriter, req *dns.Msg) bool { tc.before(w, req); return false })
+			rt, err := newResolver(t, resolver.Config{Servers: []string{addr}}).Route(t.Context(), "forged.test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := hostLines(rt.Hosts); !slices.Equal(got, []string{"mx.forged.test 10 [192.0.2.1]"}) {
+				t.Errorf("hosts %q: a forged reply was taken", got)
+			}
 		})
-		rt, err := newResolver(t, resolver.Config{Servers: []string{addr}}).Route(t.Context(), "forged.test")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := hostLines(rt.Hosts); !slices.Equal(got, []string{"mx.forged.test 10 [192.0.2.1]"}) {
-			t.Errorf("hosts %q: a forged reply was taken", got)
-		}
-	})
+	}
 	t.Run("only_forgeries_time_out", func(t *testing.T) {
 		_, addr := newFront(t, zone, func(w dns.ResponseWriter, req *dns.Msg) bool {
 			forge(w, req, req.Id, "evil.example.")

@@ -390,15 +390,19 @@ func TestRouteContextBound(t *testing.T) {
 	}
 }
 
-// TestLookupPTR checks reverse lookups, including an RFC 2317 CNAME.
-func TestLookupPTR(t *testing.T) {
-	d := testpeer.NewDNS(t, `$ORIGIN 2.0.192.in-addr.arpa.
+// ptrZone has reverse names for 192.0.2.0/24: two for .1, one through an
+// RFC 2317 CNAME for .5, and no PTR at .9.
+const ptrZone = `$ORIGIN 2.0.192.in-addr.arpa.
 1 300 IN PTR mx1.plain.test.
 1 300 IN PTR Other.Plain.Test.
 5 300 IN CNAME 5.0-25.2.0.192.in-addr.arpa.
 5.0-25 300 IN PTR classless.test.
 9 300 IN TXT "no PTR"
-`)
+`
+
+// TestLookupPTR checks reverse lookups, including an RFC 2317 CNAME.
+func TestLookupPTR(t *testing.T) {
+	d := testpeer.NewDNS(t, ptrZone)
 	r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}})
 	cases := []struct {
 		name string
@@ -425,12 +429,7 @@ func TestLookupPTR(t *testing.T) {
 // CachedPTR answers only what LookupPTR put in the cache, sends nothing,
 // and leaves a CNAME chain to LookupPTR.
 func TestCachedPTR(t *testing.T) {
-	d := testpeer.NewDNS(t, `$ORIGIN 2.0.192.in-addr.arpa.
-1 300 IN PTR mx1.plain.test.
-5 300 IN CNAME 5.0-25.2.0.192.in-addr.arpa.
-5.0-25 300 IN PTR classless.test.
-9 300 IN TXT "no PTR"
-`)
+	d := testpeer.NewDNS(t, ptrZone)
 	r := newResolver(t, resolver.Config{Servers: []string{d.Addr()}})
 	cases := []struct {
 		ip   string
@@ -438,8 +437,8 @@ func TestCachedPTR(t *testing.T) {
 		ok   bool // after LookupPTR
 		seen bool // cached already, by an earlier case
 	}{
-		{"192.0.2.1", []string{"mx1.plain.test"}, true, false},
-		{"::ffff:192.0.2.1", []string{"mx1.plain.test"}, true, true},
+		{"192.0.2.1", []string{"mx1.plain.test", "other.plain.test"}, true, false},
+		{"::ffff:192.0.2.1", []string{"mx1.plain.test", "other.plain.test"}, true, true},
 		{"192.0.2.9", nil, true, false},   // NODATA: no name, for sure
 		{"192.0.2.200", nil, true, false}, // NXDOMAIN
 		{"192.0.2.5", nil, false, false},  // a CNAME: LookupPTR follows it
