@@ -18,31 +18,48 @@ import (
 // recipients leave the due index for the leases index, so Claim reads
 // only the keys it returns, however many claims are outstanding.
 func (s *Spool) Claim(ctx context.Context, now time.Time, limit int, lease func(Task) time.Time) ([]Task, error) {
+	tasks, _, err := s.ClaimOrPostpone(ctx, now, limit, func(t Task) (time.Time, bool) { return lease(t), true })
+	return tasks, err
+}
+
+// ClaimOrPostpone is Claim with a choice for each recipient: decide
+// returns its lease and true to claim it, or a later NextAttempt and false
+// to leave it unclaimed and postpone it, in the same commit (one write
+// where claiming and unclaiming take two). It returns the claimed tasks
+// and how many due recipients it looked at, claimed or postponed (at most
+// limit): fewer than limit means nothing more was due.
+//
+// decide runs inside the commit and must have no side effects; the commit
+// may run it again for the same tasks.
+func (s *Spool) ClaimOrPostpone(ctx context.Context, now time.Time, limit int, decide func(Task) (time.Time, bool)) ([]Task, int, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if limit <= 0 {
-		return nil, nil
+		return nil, 0, nil
 	}
-	var tasks []Task
+	var (
+		tasks []Task
+		seen  int
+	)
 	r := newRequest(false, func(t *txn) error {
 		var err error
-		tasks, err = t.claim(now, limit, lease)
+		tasks, seen, err = t.claim(now, limit, decide)
 		return err
 	})
 	if err := s.submit(r); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return tasks, nil
+	return tasks, seen, nil
 }
 
-func (t *txn) claim(now time.Time, limit int, lease func(Task) time.Time) ([]Task, error) {
+func (t *txn) claim(now time.Time, limit int, decide func(Task) (time.Time, bool)) ([]Task, int, error) {
 	var found []rkey
 	c := t.due.Cursor()
 	for k, _ := c.First(); k != nil && len(found) < limit; k, _ = c.Next() {
 		at, id, rcpt, err := parseDueKey(k)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if at.After(now) {
 			break
@@ -53,24 +70,33 @@ func (t *txn) claim(now time.Time, limit int, lease func(Task) time.Time) ([]Tas
 	for _, d := range found {
 		old, ok, err := getState(t.bk, d.id, d.rcpt)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if !ok || !old.isDue() {
-			return nil, corrupt("due key of %s/%d points to no due recipient", d.id, d.rcpt)
+			return nil, 0, corrupt("due key of %s/%d points to no due recipient", d.id, d.rcpt)
 		}
 		task := Task{ID: d.id, Rcpt: d.rcpt, Domain: old.Domain, Attempts: old.Count}
+		at, take := decide(task)
 		st := old
-		st.Leased = true
-		st.Next = lease(task)
-		if st.Next.IsZero() {
-			st.Next = now
+		if take {
+			st.Leased = true
+			st.Next = at
+			if st.Next.IsZero() {
+				st.Next = now
+			}
+		} else {
+			if at.After(old.Next) { // a postponement never makes it due sooner
+				st.Next = at
+			}
 		}
 		if err := t.setRcpt(d.id, d.rcpt, &old, &st); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
-		tasks = append(tasks, task)
+		if take {
+			tasks = append(tasks, task)
+		}
 	}
-	return tasks, nil
+	return tasks, len(found), nil
 }
 
 // Unclaim gives claimed tasks back without a result; they keep the

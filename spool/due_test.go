@@ -56,6 +56,58 @@ func TestClaim(t *testing.T) {
 	verifyNow(t, s)
 }
 
+// TestClaimOrPostpone: a postponed recipient stays unclaimed, is due at
+// the time decide gave (never sooner), and counts as seen, so a caller
+// can tell a full pass from the end of what is due.
+func TestClaimOrPostpone(t *testing.T) {
+	clk := newClock()
+	s, _ := openSpool(t, Options{Now: clk.Now})
+	var ids []string
+	for range 4 {
+		ids = append(ids, enqueue(t, s, envelope("a@o.test", "b@d.example"), nil))
+		clk.Advance(time.Second)
+	}
+	now := clk.Now()
+	lease, later := now.Add(10*time.Minute), now.Add(3*time.Minute)
+	decide := func(t Task) (time.Time, bool) {
+		switch t.ID {
+		case ids[0]:
+			return lease, true
+		case ids[1]:
+			return now.Add(-time.Hour), false // earlier than due: stays as it was
+		}
+		return later, false
+	}
+	tasks, seen, err := s.ClaimOrPostpone(t.Context(), now, 3, decide)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sortedIDs(tasks); !slices.Equal(got, ids[:1]) || seen != 3 {
+		t.Fatalf("claimed %v and saw %d, want %v and 3", got, seen, ids[:1])
+	}
+	wantNext := []time.Time{lease, message(t, s, ids[1]).Envelope.Recipients[0].NextAttempt, later}
+	if !wantNext[1].Before(now) {
+		t.Errorf("recipient postponed to the past is due at %v, want its old time", wantNext[1])
+	}
+	for i, want := range wantNext {
+		if got := message(t, s, ids[i]).Envelope.Recipients[0].NextAttempt; !got.Equal(want) {
+			t.Errorf("recipient %d due at %v, want %v", i, got, want)
+		}
+	}
+	// Postponed means unclaimed: due again at its time without an Unclaim.
+	tasks, seen, err = s.ClaimOrPostpone(t.Context(), now, 10, func(Task) (time.Time, bool) { return lease, true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sortedIDs(tasks); !slices.Equal(got, []string{ids[1], ids[3]}) || seen != 2 {
+		t.Fatalf("claimed %v and saw %d now, want %v and 2", got, seen, []string{ids[1], ids[3]})
+	}
+	if tasks := claimAll(t, s, later, time.Hour); len(tasks) != 1 || tasks[0].ID != ids[2] {
+		t.Fatalf("claimed %v at the postponed time, want %s", sortedIDs(tasks), ids[2])
+	}
+	verifyNow(t, s)
+}
+
 func TestClaimNothingDueCommitsNothing(t *testing.T) {
 	clk := newClock()
 	obs := &countingObserver{}
