@@ -111,6 +111,9 @@ type Observer interface {
 	Connections(open int)
 	// Panic counts a panic recovered at a goroutine root.
 	Panic()
+	// Postponed counts recipients found due but left in the spool for
+	// later, their destination holding DestinationEntries already.
+	Postponed(n int)
 }
 
 // NopObserver is the default Observer.
@@ -120,6 +123,7 @@ func (NopObserver) Attempt(string, string, int) {}
 func (NopObserver) Delivered(time.Duration)     {}
 func (NopObserver) Connections(int)             {}
 func (NopObserver) Panic()                      {}
+func (NopObserver) Postponed(int)               {}
 
 // Config configures a Scheduler. Zero values take the defaults shown.
 type Config struct {

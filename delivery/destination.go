@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"math"
 	"time"
 
 	"mta/spool"
@@ -27,6 +28,57 @@ type destination struct {
 	deadUntil time.Time
 	why       *AttemptError // why it is dead
 	idleSince time.Time
+
+	// drain is how fast the destination's claimed recipients finish;
+	// postponedTo is the last time a recipient claimed past
+	// DestinationEntries was postponed to.
+	drain       drainRate
+	postponedTo time.Time
+}
+
+// drainRate estimates how many claimed recipients a destination finishes
+// a second: a moving average that forgets with a time constant of
+// drainWindow, read only once it has watched for a while.
+type drainRate struct {
+	perSec float64   // decayed to at, not corrected for a short watch
+	at     time.Time // the last finish counted
+	since  time.Time // the first finish counted
+}
+
+const (
+	drainWindow = 10 * time.Second
+	drainWarmup = time.Second
+)
+
+func (r *drainRate) add(now time.Time, n int) {
+	if r.since.IsZero() {
+		r.since, r.at = now, now
+	}
+	r.perSec = r.decayed(now) + float64(n)/drainWindow.Seconds()
+	if now.After(r.at) {
+		r.at = now
+	}
+}
+
+func (r *drainRate) decayed(now time.Time) float64 {
+	dt := now.Sub(r.at)
+	if dt <= 0 {
+		return r.perSec
+	}
+	return r.perSec * math.Exp(-dt.Seconds()/drainWindow.Seconds())
+}
+
+// rate is the estimate at now, or false when it has watched less than
+// drainWarmup (or seen nothing finish).
+func (r *drainRate) rate(now time.Time) (float64, bool) {
+	watched := now.Sub(r.since)
+	if r.since.IsZero() || watched < drainWarmup {
+		return 0, false
+	}
+	// An average that started from nothing is low until it has watched a
+	// few windows: correct for the part of the window not yet watched.
+	v := r.decayed(now) / -math.Expm1(-watched.Seconds()/drainWindow.Seconds())
+	return v, v > 0
 }
 
 func (d *destination) dead(now time.Time) bool { return now.Before(d.deadUntil) }

@@ -12,7 +12,11 @@
 //     outcome was not recorded is due again at that time (at least once,
 //     never lost).
 //   - Claimed recipients wait in bounded destination queues (Config.ActiveEntries
-//     in all, Config.DestinationEntries per destination). A destination is a
+//     in all, Config.DestinationEntries per destination). Recipients due for
+//     a destination that holds its share are postponed in the claim's commit
+//     (spool.ClaimOrPostpone) to when it should have room, at twice the rate
+//     it has been finishing recipients, so a backlog is rewritten a few
+//     times while it drains, not on every claim. A destination is a
 //     next hop: a recipient domain's MX route, or a configured route or
 //     relayhost shared by many domains. Workers take from destinations with
 //     a free slot under a global cap (MaxConns) and a per-destination cap

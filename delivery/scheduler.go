@@ -205,6 +205,15 @@ func (e *Scheduler) nextWake(more bool) time.Duration {
 
 // claim takes due recipients into destination queues; it reports whether
 // the spool may have more due now.
+//
+// A destination holds at most DestinationEntries claimed recipients, so
+// that one with a backlog leaves room for the others. Its recipients due
+// past that are postponed in the claim's commit (not claimed, one write
+// each) to when the destination should have room: spread at twice the
+// rate it has been finishing recipients, after what it holds, within
+// [postponeMin, postponeMax] of now; at a minute (or the first backoff, if
+// shorter) until that rate is known. A backlog is then rewritten about
+// once for each postponeMax it waits, not each time the scheduler claims.
 func (e *Scheduler) claim() bool {
 	limit := min(e.cfg.ActiveEntries-e.active, claimBatch)
 	if limit <= 0 {
@@ -215,46 +224,83 @@ func (e *Scheduler) claim() bool {
 	for k, d := range e.dests {
 		held[k] = d.queuedTasks + d.runningTasks
 	}
-	// lease runs inside Claim's commit, which may run it again for the same
+	// decide runs inside the commit, which may run it again for the same
 	// tasks: each task's decision is made once and remembered, and nothing
-	// outside reads held or over until Claim has returned.
-	over := make(map[spool.Task]bool)
-	leases := make(map[spool.Task]time.Time)
-	lease := func(t spool.Task) time.Time {
-		if at, ok := leases[t]; ok {
-			return at
+	// outside reads held or slots until the claim has returned.
+	type decision struct {
+		at   time.Time
+		take bool
+	}
+	decided := make(map[spool.Task]decision)
+	slots := make(map[string]time.Time) // per destination: the last postponement
+	decide := func(t spool.Task) (time.Time, bool) {
+		if d, ok := decided[t]; ok {
+			return d.at, d.take
 		}
 		key := e.hops.Load().routes.destKey(t.Domain)
-		at := now.Add(e.cfg.Backoff.delay(t.Attempts + 1))
+		d := decision{at: now.Add(e.cfg.Backoff.delay(t.Attempts + 1)), take: true}
 		if held[key] >= e.cfg.DestinationEntries {
-			over[t] = true // given back at once, due again shortly
-			at = now.Add(min(e.cfg.Backoff.Min, time.Minute))
+			d = decision{at: e.postponeTo(now, key, held[key], slots), take: false}
 		} else {
 			held[key]++
 		}
-		leases[t] = at
-		return at
+		decided[t] = d
+		return d.at, d.take
 	}
-	tasks, err := e.cfg.Spool.Claim(e.hard, now, limit, lease)
+	tasks, seen, err := e.cfg.Spool.ClaimOrPostpone(e.hard, now, limit, decide)
 	if err != nil {
 		if !errors.Is(err, context.Canceled) {
 			e.log.Error("claim due recipients", "err", err)
 		}
 		return false
 	}
-	var keep, back []spool.Task
-	for _, t := range tasks {
-		if over[t] {
-			back = append(back, t)
-		} else {
-			keep = append(keep, t)
+	for key, at := range slots {
+		if d := e.dests[key]; d != nil {
+			d.postponedTo = at
 		}
 	}
-	if len(back) > 0 {
-		e.cfg.Spool.Unclaim(back)
+	if n := seen - len(tasks); n > 0 {
+		e.obs.Postponed(n)
 	}
-	e.enqueue(keep)
-	return len(tasks) == limit
+	e.enqueue(tasks)
+	return seen == limit
+}
+
+const (
+	postponeMin = time.Second
+	postponeMax = 10 * time.Minute
+)
+
+// postponeTo is when a recipient claimed past DestinationEntries for the
+// destination key, which holds held recipients, is due again. slots holds
+// this claim's last postponement per destination.
+func (e *Scheduler) postponeTo(now time.Time, key string, held int, slots map[string]time.Time) time.Time {
+	d := e.dests[key]
+	r, known := 0.0, false
+	if d != nil {
+		r, known = d.drain.rate(now)
+	}
+	if !known {
+		return now.Add(min(e.cfg.Backoff.Min, time.Minute))
+	}
+	step := time.Duration(float64(time.Second) / (2 * r))
+	last, ok := slots[key]
+	if !ok {
+		last = d.postponedTo
+	}
+	at := now.Add(time.Duration(held) * step) // after what it holds
+	if last.After(at) {
+		at = last // after what was postponed before
+	}
+	at = at.Add(step)
+	if lo := now.Add(postponeMin); at.Before(lo) {
+		at = lo
+	}
+	if hi := now.Add(postponeMax); at.After(hi) {
+		at = hi
+	}
+	slots[key] = at
+	return at
 }
 
 // workDone is a finished attempt (or a batch deferred without dialling).
@@ -272,6 +318,7 @@ func (e *Scheduler) finished(w workDone) {
 	e.active -= w.tasks
 	d := w.dest
 	d.runningTasks -= w.tasks
+	d.drain.add(e.cfg.Now(), w.tasks)
 	if w.dialled {
 		e.busy--
 		d.running--

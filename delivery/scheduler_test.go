@@ -2,6 +2,8 @@ package delivery_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -238,6 +240,84 @@ func TestDeliverQueueBounds(t *testing.T) {
 			defer cancel()
 			_ = w.sched.Shutdown(ctx) // cut the hung attempt off
 		})
+	}
+}
+
+// TestDeliverBacklogPostponed: recipients due past a destination's
+// DestinationEntries are postponed, not claimed, spread at twice the rate
+// the destination has been finishing recipients; the backlog then drains
+// at that pace, each recipient rewritten a few times, not once a minute
+// each until its turn (the fallback before any rate is known).
+func TestDeliverBacklogPostponed(t *testing.T) {
+	const backlog, perDst = 30, 2
+	w := newWorld(t, setup{zone: oneMXZone, noStart: true, hosts: map[string]peer.Behaviour{"127.0.0.2": {}},
+		cfg: func(c *delivery.Config) { c.ActiveEntries, c.DestinationEntries = 100, perDst }})
+	var rcpts []string
+	for i := range backlog {
+		rcpts = append(rcpts, fmt.Sprintf("r%d@example.test", i))
+	}
+	big := w.send("s@sender.test", rcpts, body7)
+	if err := w.sp.Hold(t.Context(), big); err != nil {
+		t.Fatal(err)
+	}
+	w.start()
+	// The destination finishes one recipient now and one two seconds on:
+	// about one a second.
+	w.waitStates(w.send("s@sender.test", []string{"a@example.test"}, body7), spool.Delivered)
+	w.clock.advance(2 * time.Second)
+	w.waitStates(w.send("s@sender.test", []string{"b@example.test"}, body7), spool.Delivered)
+
+	now := w.clock.now()
+	if err := w.sp.Release(t.Context(), big); err != nil {
+		t.Fatal(err)
+	}
+	// One claim sees the whole backlog: it takes perDst and postpones the rest.
+	var later []time.Time
+	testpeer.WaitFor(t, "the backlog to be claimed or postponed", func() bool {
+		later = later[:0]
+		for _, r := range w.message(big).Envelope.Recipients {
+			if r.State != spool.Delivered && r.NextAttempt.After(now) && r.NextAttempt.Before(now.Add(time.Minute)) {
+				later = append(later, r.NextAttempt)
+			}
+		}
+		return len(later) == backlog-perDst
+	})
+	slices.SortFunc(later, time.Time.Compare)
+	step := later[1].Sub(later[0])
+	if step < 250*time.Millisecond || step > time.Second {
+		t.Fatalf("postponed %v apart, want about half a second (twice a rate of about one a second)", step)
+	}
+	if first := later[0].Sub(now); first < perDst*step {
+		t.Errorf("first postponed to %v from now, want after the %d held (%v)", first, perDst, perDst*step)
+	}
+	for i := 1; i < len(later); i++ {
+		if d := later[i].Sub(later[i-1]); d < step-time.Millisecond || d > step+time.Millisecond {
+			t.Fatalf("postponed times %v and %v are %v apart, want %v like the rest", later[i-1], later[i], d, step)
+		}
+	}
+	if got := w.postponed(); got != backlog-perDst {
+		t.Errorf("%d postponements counted, want %d", got, backlog-perDst)
+	}
+
+	// Time passes in small steps: the backlog drains well inside the
+	// minute the fallback would put each one off for.
+	for range 600 {
+		if w.countState(big, spool.Delivered) == backlog {
+			break
+		}
+		w.clock.advance(100 * time.Millisecond)
+		w.sched.Kick()
+		time.Sleep(2 * time.Millisecond)
+	}
+	if n := w.countState(big, spool.Delivered); n != backlog {
+		t.Fatalf("%d of %d delivered after a minute", n, backlog)
+	}
+	if took := w.clock.now().Sub(now); took >= time.Minute {
+		t.Errorf("backlog took %v to drain, want under the minute of the fallback", took)
+	}
+	t.Logf("postponed %v apart; drained in %v with %d postponements", step, w.clock.now().Sub(now), w.postponed())
+	if got := w.postponed(); got > 4*backlog {
+		t.Errorf("%d postponements for %d recipients, want a few each", got, backlog)
 	}
 }
 

@@ -42,6 +42,7 @@ type observer struct {
 	mu        sync.Mutex
 	attempts  map[string]int // by result
 	delivered int
+	postponed int
 }
 
 func (o *observer) Attempt(result, phase string, code int) {
@@ -52,6 +53,7 @@ func (o *observer) Attempt(result, phase string, code int) {
 func (o *observer) Delivered(time.Duration) { o.mu.Lock(); o.delivered++; o.mu.Unlock() }
 func (o *observer) Connections(int)         {}
 func (o *observer) Panic()                  { o.t.Errorf("a goroutine panicked (see log)") }
+func (o *observer) Postponed(n int)         { o.mu.Lock(); o.postponed += n; o.mu.Unlock() }
 
 type world struct {
 	t     testing.TB
@@ -202,6 +204,22 @@ func (w *world) send(from string, to []string, body string, mod ...func(*spool.E
 		w.t.Fatalf("enqueue: %v", err)
 	}
 	return id
+}
+
+func (w *world) postponed() int {
+	w.obs.mu.Lock()
+	defer w.obs.mu.Unlock()
+	return w.obs.postponed
+}
+
+func (w *world) countState(id string, st spool.State) int {
+	n := 0
+	for _, r := range w.message(id).Envelope.Recipients {
+		if r.State == st {
+			n++
+		}
+	}
+	return n
 }
 
 func (w *world) message(id string) *spool.Message {

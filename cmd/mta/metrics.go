@@ -36,6 +36,7 @@ type metrics struct {
 	attempts   *prometheus.CounterVec // by result, phase, class
 	latency    prometheus.Histogram
 	outConns   prometheus.Gauge
+	postponed  prometheus.Counter
 	dnsLookups *prometheus.CounterVec // by type, result, cached
 	dnsTime    prometheus.Histogram
 
@@ -56,6 +57,7 @@ func newMetrics() *metrics {
 	m.attempts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mta_delivery_attempts_total", Help: "Delivery attempts per recipient, by result (delivered, deferred, failed), phase and reply class."}, []string{"result", "phase", "class"})
 	m.latency = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mta_delivery_latency_seconds", Help: "Time from arrival to delivery of each delivered recipient.",
 		Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600}})
+	m.postponed = prometheus.NewCounter(prometheus.CounterOpts{Name: "mta_delivery_postponed_total", Help: "Due recipients left in the spool for later because their destination already held its share (half) of the recipients claimed for delivery."})
 	m.outConns = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mta_delivery_connections", Help: "Outgoing SMTP connections open now (busy and idle)."})
 	m.dnsLookups = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mta_resolver_lookups_total", Help: "DNS lookups by query type, result and whether the cache answered."}, []string{"type", "result", "cached"})
 	m.dnsTime = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mta_resolver_exchange_seconds", Help: "Duration of DNS exchanges that went to a server.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)})
@@ -64,7 +66,7 @@ func newMetrics() *metrics {
 	m.commitDur = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mta_spool_commit_seconds", Help: "Duration of one spool commit, fsync included.", Buckets: prometheus.ExponentialBuckets(0.0002, 2, 14)})
 	m.reg.MustRegister(m.commits, m.commitOps, m.commitDur)
 	m.reg.MustRegister(m.received, m.receivedB, m.smtpdConns, m.smtpdRefuse, m.replies, m.authFails, m.panics,
-		m.attempts, m.latency, m.outConns, m.dnsLookups, m.dnsTime,
+		m.attempts, m.latency, m.outConns, m.postponed, m.dnsLookups, m.dnsTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -241,6 +243,7 @@ func (o deliveryObserver) Attempt(result, phase string, code int) {
 func (o deliveryObserver) Delivered(d time.Duration) { o.m.latency.Observe(d.Seconds()) }
 func (o deliveryObserver) Connections(n int)         { o.m.outConns.Set(float64(n)) }
 func (o deliveryObserver) Panic()                    { o.m.panics.WithLabelValues("delivery").Inc() }
+func (o deliveryObserver) Postponed(n int)           { o.m.postponed.Add(float64(n)) }
 
 type resolverObserver struct{ m *metrics }
 

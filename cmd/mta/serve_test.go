@@ -414,6 +414,7 @@ func TestMetrics(t *testing.T) {
 		`mta_delivery_attempts_total{class="5xx",phase="rcpt",result="failed"} 1`,
 		`mta_delivery_latency_seconds_count 2`,
 		`mta_delivery_connections `,
+		`mta_delivery_postponed_total 0`,
 		`mta_spool_recipients{state="pending"} 0`,
 		`mta_spool_messages 1`,
 		`mta_spool_retired_messages 3`,
