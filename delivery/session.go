@@ -223,7 +223,7 @@ func (e *Scheduler) startTLS(ctx context.Context, s *session) *AttemptError {
 		if t.policy == TLSOpportunistic {
 			return nil // RFC 3207 §4.1: the session may go on in plain text
 		}
-		ae := fail(&smtp.SMTPError{Code: code, Message: text}, phaseStartTLS)
+		ae := fail(replyError(code, text), phaseStartTLS)
 		ae.Permanent = false
 		return ae
 	}

@@ -103,6 +103,8 @@ func TestDeliverTLSPolicies(t *testing.T) {
 		{"verify_refuses_an_untrusted_certificate", peer.Behaviour{Cert: &c.TLS}, delivery.TLSVerify, false, spool.Deferred},
 		{"verify_accepts_a_trusted_certificate", peer.Behaviour{Cert: &c.TLS}, delivery.TLSVerify, true, spool.Delivered},
 		{"none_stays_plain", peer.Behaviour{Cert: &c.TLS}, delivery.TLSNone, false, spool.Delivered},
+		{"require_defers_a_refused_starttls", peer.Behaviour{StartTLS: &peer.Reply{Code: 454, Enhanced: "4.7.0", Text: "TLS not available"}}, delivery.TLSRequire, false, spool.Deferred},
+		{"opportunistic_goes_on_plain_after_a_refused_starttls", peer.Behaviour{StartTLS: &peer.Reply{Code: 454, Enhanced: "4.7.0", Text: "TLS not available"}}, delivery.TLSOpportunistic, false, spool.Delivered},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -122,8 +124,17 @@ func TestDeliverTLSPolicies(t *testing.T) {
 			if tc.want == spool.Deferred && (a.Phase != "starttls" || !strings.HasPrefix(a.Enhanced, "4.7.")) {
 				t.Errorf("deferral %+v, want 4.7.x at starttls", a)
 			}
-			if tc.policy == delivery.TLSNone && a.TLS != "none" {
-				t.Errorf("policy none used TLS: %q", a.TLS)
+			if (tc.policy == delivery.TLSNone || tc.host.StartTLS != nil) && tc.want == spool.Delivered && a.TLS != "none" {
+				t.Errorf("TLS %q, want none", a.TLS)
+			}
+			if tc.host.StartTLS != nil {
+				cmds := w.hosts["127.0.0.2"].Sessions()[0].Commands
+				if len(cmds) < 2 || cmds[1].Line != "STARTTLS" {
+					t.Errorf("commands %+v, want STARTTLS after EHLO", cmds)
+				}
+				if tc.want == spool.Deferred && (a.Code != 454 || a.Enhanced != "4.7.0" || a.Text != "TLS not available") {
+					t.Errorf("deferral %+v, want the host's 454 4.7.0", a)
+				}
 			}
 		})
 	}

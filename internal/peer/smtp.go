@@ -92,6 +92,10 @@ type Behaviour struct {
 	Cert *tls.Certificate
 	// BrokenTLS offers STARTTLS but fails every handshake.
 	BrokenTLS bool
+	// StartTLS, when set, offers STARTTLS and answers it with this reply
+	// (a 454, say) instead of starting TLS; the session goes on in plain
+	// text.
+	StartTLS *Reply
 	// ImplicitTLS: TLS from the first byte (submissions, port 465); needs Cert.
 	ImplicitTLS bool
 	// MaxTLSVersion caps the TLS version offered with Cert (0: the newest).
@@ -192,7 +196,7 @@ func (h *Host) newServer(b Behaviour) *smtp.Server {
 	srv.MaxRecipients = b.MaxRcpts
 	srv.AllowInsecureAuth = b.AllowInsecureAuth
 	switch {
-	case b.BrokenTLS:
+	case b.BrokenTLS, b.StartTLS != nil && b.Cert == nil:
 		srv.TLSConfig = &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return nil, errors.New("scripted handshake failure")
 		}}
@@ -435,6 +439,16 @@ type conn struct {
 
 func (c *conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
+	// A STARTTLS to refuse never reaches go-smtp, which would start TLS.
+	for c.b.StartTLS != nil && n > 0 && strings.EqualFold(strings.TrimRight(string(p[:n]), "\r\n"), "STARTTLS") {
+		c.h.update(func() {
+			c.rec.Commands = append(c.rec.Commands, Command{Line: strings.TrimRight(string(p[:n]), "\r\n")})
+		})
+		if _, err := c.Conn.Write([]byte(c.b.StartTLS.line())); err != nil {
+			return 0, err
+		}
+		n, err = c.Conn.Read(p)
+	}
 	c.mu.Lock()
 	c.readLast = true
 	c.mu.Unlock()
