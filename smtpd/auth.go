@@ -3,6 +3,7 @@ package smtpd
 import (
 	"bytes"
 	"context"
+	"net/netip"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -21,7 +22,12 @@ type authenticator struct {
 	dummy atomic.Pointer[[]byte]
 	ip    *failures
 	login *failures
+	known *seen // login|address pairs that logged in: exempt from the login's limit
 }
+
+// knownFor is how long a successful login exempts its address from the
+// login's failure limit.
+const knownFor = 30 * 24 * time.Hour
 
 func newAuthenticator(s *Server) *authenticator {
 	return &authenticator{
@@ -29,6 +35,7 @@ func newAuthenticator(s *Server) *authenticator {
 		sem:   make(chan struct{}, runtime.GOMAXPROCS(0)),
 		ip:    newFailures(),
 		login: newFailures(),
+		known: newSeen(),
 	}
 }
 
@@ -61,15 +68,20 @@ func (a *authenticator) setDummy(u *Users) {
 const authWait = 10 * time.Second
 
 // check returns the user whose login and password these are.
-func (a *authenticator) check(ip, login, password string, listener string) (*User, error) {
+func (a *authenticator) check(addr netip.Addr, login, password string, listener string) (*User, error) {
 	lim := a.srv.currentLimits()
 	now := a.srv.now()
 	key := strings.ToLower(login)
 	if len(key) > 255 {
 		key = key[:255]
 	}
-	if a.ip.blocked(ip, lim.AuthFailuresPerIP, lim.AuthFailureWindow, now) ||
-		a.login.blocked(key, lim.AuthFailuresPerLogin, lim.AuthFailureWindow, now) {
+	ip, block := "", ""
+	if addr.IsValid() {
+		ip, block = addr.String(), clientBlock(addr).String()
+	}
+	pair := key + "|" + block
+	if a.ip.blocked(block, lim.AuthFailuresPerIP, lim.AuthFailureWindow, now) ||
+		a.login.blocked(key, lim.AuthFailuresPerLogin, lim.AuthFailureWindow, now) && !a.known.has(pair, knownFor, now) {
 		a.srv.log.Info("authentication throttled", "ip", ip, "listener", listener)
 		return nil, errAuthThrottled
 	}
@@ -90,12 +102,15 @@ func (a *authenticator) check(ip, login, password string, listener string) (*Use
 	err := bcrypt.CompareHashAndPassword(hash, []byte(password))
 	<-a.sem
 	if !ok || err != nil {
-		a.ip.add(ip, lim.AuthFailureWindow, now)
-		a.login.add(key, lim.AuthFailureWindow, now)
+		a.ip.add(block, lim.AuthFailureWindow, now)
+		if !a.known.has(pair, knownFor, now) {
+			a.login.add(key, lim.AuthFailureWindow, now)
+		}
 		a.srv.obs.AuthFailed(listener)
 		a.srv.log.Info("authentication failed", "ip", ip, "listener", listener, "known_login", ok)
 		return nil, errBadCreds
 	}
+	a.known.add(pair, now)
 	return usr, nil
 }
 

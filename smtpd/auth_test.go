@@ -91,22 +91,38 @@ func TestAuthThrottle(t *testing.T) {
 		c.Limits.AuthFailuresPerLogin = 2
 		c.Limits.AuthFailureWindow = time.Hour
 	})
-	login := func(user, pw string) error {
-		c := ts.dial(Submissions, "")
+	loginFrom := func(source, user, pw string) error {
+		c := ts.dial(Submissions, source)
 		return c.Auth(sasl.NewPlainClient("", user, pw))
+	}
+	login := func(user, pw string) error { return loginFrom("", user, pw) }
+	// The user logs in from 127.0.0.9 before anyone guesses.
+	if err := loginFrom("127.0.0.9", testLogin, testPassword); err != nil {
+		t.Fatal(err)
 	}
 	t.Run("per login", func(t *testing.T) {
 		for range 2 {
 			wantCode(t, login(testLogin, "wrong"), 535, "5.7.8")
 		}
 		wantCode(t, login(testLogin, testPassword), 454, "4.7.0")
+		wantCode(t, loginFrom("127.0.0.8", testLogin, testPassword), 454, "4.7.0")
+	})
+	t.Run("an address the login was used from is not locked out by others", func(t *testing.T) {
+		if err := loginFrom("127.0.0.9", testLogin, testPassword); err != nil {
+			t.Fatal(err)
+		}
+		// Its own mistakes count against it as an address only.
+		wantCode(t, loginFrom("127.0.0.9", testLogin, "typo"), 535, "5.7.8")
+		if err := loginFrom("127.0.0.9", testLogin, testPassword); err != nil {
+			t.Fatal(err)
+		}
 	})
 	t.Run("per address", func(t *testing.T) {
 		wantCode(t, login("other", "wrong"), 535, "5.7.8") // the third failure from 127.0.0.1
 		wantCode(t, login("someone-else", "x"), 454, "4.7.0")
 	})
-	if n := ts.obs.get(func() int { return ts.obs.authFail }); n != 3 {
-		t.Errorf("observer counted %d failures, want 3", n)
+	if n := ts.obs.get(func() int { return ts.obs.authFail }); n != 4 {
+		t.Errorf("observer counted %d failures, want 4", n)
 	}
 	t.Run("after the window", func(t *testing.T) {
 		clock.Add(time.Hour)

@@ -126,8 +126,8 @@ type Limits struct {
 	MaxMessageBytes int64
 	// MaxRecipients per message; more get 452 4.5.3 (1000).
 	MaxRecipients int
-	// ConnsPerIP: connections from one address, except from trusted
-	// networks (20). ConnsTotal: connections on all listeners (1000).
+	// ConnsPerIP: connections from one address (one /64 for IPv6),
+	// except from trusted networks (20). ConnsTotal: connections on all listeners (1000).
 	// Past either, the client reads 421 4.7.0 and is closed.
 	ConnsPerIP int
 	ConnsTotal int
@@ -139,8 +139,11 @@ type Limits struct {
 	UserMessagesPerDay    int
 	UserRecipientsPerHour int
 	// AuthFailuresPerIP and AuthFailuresPerLogin failed logins within
-	// AuthFailureWindow make further attempts from that address, or for
-	// that login, get 454 4.7.0 without a password check (10, 5, 15 min).
+	// AuthFailureWindow make further attempts from that address (one /64
+	// for IPv6), or for that login, get 454 4.7.0 without a password check
+	// (10, 5, 15 min). The login's limit does not apply to an address the
+	// login was used from successfully in the last 30 days, so others
+	// guessing its password cannot lock its user out.
 	AuthFailuresPerIP    int
 	AuthFailuresPerLogin int
 	AuthFailureWindow    time.Duration

@@ -63,11 +63,11 @@ func (s *Server) admit(raw net.Conn, l *listener) *conn {
 	lim := s.currentLimits()
 	s.mu.Lock()
 	over := s.total >= lim.ConnsTotal ||
-		c.ip.IsValid() && s.perIP[c.ip] >= lim.ConnsPerIP && !s.isTrusted(c.ip)
+		c.ip.IsValid() && s.perIP[clientBlock(c.ip)] >= lim.ConnsPerIP && !s.isTrusted(c.ip)
 	if !over {
 		s.total++
 		if c.ip.IsValid() {
-			s.perIP[c.ip]++
+			s.perIP[clientBlock(c.ip)]++
 		}
 		s.conns[c] = struct{}{}
 	}
@@ -101,8 +101,10 @@ func (s *Server) release(c *conn) {
 	delete(s.conns, c)
 	s.total--
 	if c.ip.IsValid() {
-		if s.perIP[c.ip]--; s.perIP[c.ip] <= 0 {
-			delete(s.perIP, c.ip)
+		if b := clientBlock(c.ip); s.perIP[b] <= 1 {
+			delete(s.perIP, b)
+		} else {
+			s.perIP[b]--
 		}
 	}
 	s.mu.Unlock()

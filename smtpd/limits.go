@@ -1,9 +1,26 @@
 package smtpd
 
 import (
+	"net/netip"
 	"sync"
 	"time"
 )
+
+// clientBlock is the key the per-address limits count a client under: its
+// IPv4 address, or the /64 its IPv6 address is in. One subscriber is
+// given a whole /64 (RFC 6177), so counting single IPv6 addresses would
+// let one client take any number of them.
+func clientBlock(ip netip.Addr) netip.Addr {
+	ip = ip.Unmap()
+	if !ip.Is6() {
+		return ip
+	}
+	p, err := ip.WithZone("").Prefix(64)
+	if err != nil {
+		return ip
+	}
+	return p.Addr()
+}
 
 // maxTracked bounds the keys a rate or failure table holds, so a flood of
 // distinct addresses or logins cannot grow memory without limit.
@@ -119,4 +136,36 @@ func (f *failures) add(key string, span time.Duration, now time.Time) {
 		}
 	}
 	f.m[key] = &window{start: now, count: 1}
+}
+
+// seen remembers when keys were last seen, for a span; it holds at most
+// maxTracked keys, dropping the oldest first.
+type seen struct {
+	mu sync.Mutex
+	m  map[string]time.Time
+}
+
+func newSeen() *seen { return &seen{m: map[string]time.Time{}} }
+
+func (s *seen) has(key string, span time.Duration, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.m[key]
+	return ok && now.Sub(t) < span
+}
+
+func (s *seen) add(key string, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.m[key]; !ok && len(s.m) >= maxTracked {
+		var oldest string
+		var at time.Time
+		for k, t := range s.m {
+			if oldest == "" || t.Before(at) {
+				oldest, at = k, t
+			}
+		}
+		delete(s.m, oldest)
+	}
+	s.m[key] = now
 }

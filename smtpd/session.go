@@ -146,7 +146,7 @@ func (s *session) Auth(mech string) (_ sasl.Server, err error) {
 // login checks credentials and, when they are right, makes the session
 // act for that user.
 func (s *session) login(login, password string) error {
-	u, err := s.srv.auth.check(s.ipString(), login, password, s.kind.String())
+	u, err := s.srv.auth.check(s.c.ip, login, password, s.kind.String())
 	if err != nil {
 		return err
 	}
