@@ -68,8 +68,8 @@ func (r *drainRate) decayed(now time.Time) float64 {
 	return r.perSec * math.Exp(-dt.Seconds()/drainWindow.Seconds())
 }
 
-// rate is the estimate at now, or false when it has watched less than
-// drainWarmup (or seen nothing finish).
+// rate is the estimate at now (zero once finishes have long stopped), or
+// false when it has watched less than drainWarmup or seen nothing finish.
 func (r *drainRate) rate(now time.Time) (float64, bool) {
 	watched := now.Sub(r.since)
 	if r.since.IsZero() || watched < drainWarmup {
@@ -77,8 +77,7 @@ func (r *drainRate) rate(now time.Time) (float64, bool) {
 	}
 	// An average that started from nothing is low until it has watched a
 	// few windows: correct for the part of the window not yet watched.
-	v := r.decayed(now) / -math.Expm1(-watched.Seconds()/drainWindow.Seconds())
-	return v, v > 0
+	return r.decayed(now) / -math.Expm1(-watched.Seconds()/drainWindow.Seconds()), true
 }
 
 func (d *destination) dead(now time.Time) bool { return now.Before(d.deadUntil) }
@@ -179,6 +178,9 @@ func (e *Scheduler) start(j *job) {
 			e.done <- w
 		}()
 		w.whole, w.why, w.at = e.deliver(j)
+		if w.at.IsZero() {
+			w.at = e.cfg.Now() // for the drain rate: when it ended, not when Run hears of it
+		}
 	})
 }
 
@@ -196,7 +198,7 @@ func (e *Scheduler) deferDead(d *destination, now time.Time) {
 			if p := recover(); p != nil {
 				e.panicked("defer", p)
 			}
-			e.done <- workDone{dest: d, tasks: n}
+			e.done <- workDone{dest: d, tasks: n, at: e.cfg.Now()}
 		}()
 		e.deferJobs(jobs, why, until, now)
 	})

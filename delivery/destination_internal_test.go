@@ -46,3 +46,38 @@ func TestDrainRate(t *testing.T) {
 		t.Errorf("rate %.3f after %v without a finish", got, 10*drainWindow)
 	}
 }
+
+// postponeTo spreads recipients after what the destination holds, at
+// twice its rate, rounded up to postponeGrain; a rate decayed towards
+// zero gives postponeMax (not an overflowed Duration), an unknown one the
+// fallback.
+func TestPostponeTo(t *testing.T) {
+	t0 := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	d := &destination{key: "k"}
+	for i := range 3000 { // 100 a second for 30 s
+		d.drain.add(t0.Add(time.Duration(i)*10*time.Millisecond), 1)
+	}
+	e := &Scheduler{dests: map[string]*destination{"k": d}}
+	e.cfg.Backoff.Min = 5 * time.Minute
+	now := t0.Add(30 * time.Second)
+	slots := map[string]time.Time{}
+	// 1000 held at 100/s, spread at 200/s: 5 s, then 5 ms each, rounded up.
+	for i, want := range []time.Duration{5250 * time.Millisecond, 5250 * time.Millisecond} {
+		if got := e.postponeTo(now, "k", 1000, slots).Sub(now); got != want {
+			t.Errorf("postponement %d: %v from now, want %v", i, got, want)
+		}
+	}
+	if got := slots["k"].Sub(now); got < 5010*time.Millisecond || got > 5020*time.Millisecond {
+		t.Errorf("last slot %v from now, want about 5.01s (unrounded)", got)
+	}
+	for _, later := range []time.Duration{4 * time.Minute, 10 * time.Minute, time.Hour, 1000 * time.Hour} {
+		at := now.Add(later)
+		got := e.postponeTo(at, "k", 10000, map[string]time.Time{}).Sub(at)
+		if got < postponeMax || got > postponeMax+postponeGrain {
+			t.Errorf("%v without a finish: postponed %v, want %v", later, got, postponeMax)
+		}
+	}
+	if got := e.postponeTo(now, "unknown", 10, slots).Sub(now); got != time.Minute {
+		t.Errorf("destination without a rate: postponed %v, want the 1 min fallback", got)
+	}
+}

@@ -269,6 +269,10 @@ func (e *Scheduler) claim() bool {
 const (
 	postponeMin = time.Second
 	postponeMax = 10 * time.Minute
+	// postponeGrain: postponed times are rounded up to it, so that a
+	// spread backlog comes due a batch at a time, not one recipient (and
+	// one claim) at a time.
+	postponeGrain = 250 * time.Millisecond
 )
 
 // postponeTo is when a recipient claimed past DestinationEntries for the
@@ -283,24 +287,29 @@ func (e *Scheduler) postponeTo(now time.Time, key string, held int, slots map[st
 	if !known {
 		return now.Add(min(e.cfg.Backoff.Min, time.Minute))
 	}
-	step := time.Duration(float64(time.Second) / (2 * r))
+	// In seconds from now, clamped before any conversion to a Duration:
+	// a rate that has decayed towards zero must give postponeMax, not an
+	// overflow.
+	step := postponeMax.Seconds()
+	if r > 0 {
+		step = 1 / (2 * r)
+	}
+	at := float64(held) * step // after what it holds
 	last, ok := slots[key]
 	if !ok {
 		last = d.postponedTo
 	}
-	at := now.Add(time.Duration(held) * step) // after what it holds
-	if last.After(at) {
-		at = last // after what was postponed before
+	if s := last.Sub(now).Seconds(); s > at {
+		at = s // after what was postponed before
 	}
-	at = at.Add(step)
-	if lo := now.Add(postponeMin); at.Before(lo) {
-		at = lo
+	at = min(max(at+step, postponeMin.Seconds()), postponeMax.Seconds())
+	t := now.Add(time.Duration(at * float64(time.Second)))
+	slots[key] = t
+	// The slot order is kept unrounded; the due time is rounded up.
+	if rem := t.UnixNano() % int64(postponeGrain); rem != 0 {
+		return t.Add(postponeGrain - time.Duration(rem))
 	}
-	if hi := now.Add(postponeMax); at.After(hi) {
-		at = hi
-	}
-	slots[key] = at
-	return at
+	return t
 }
 
 // workDone is a finished attempt (or a batch deferred without dialling).
@@ -310,7 +319,7 @@ type workDone struct {
 	dialled bool // counted in busy
 	whole   bool // the whole destination failed
 	why     *AttemptError
-	at      time.Time // when the attempt was recorded
+	at      time.Time // when the attempt was recorded (or ended, if it recorded nothing)
 }
 
 func (e *Scheduler) finished(w workDone) {
@@ -318,7 +327,7 @@ func (e *Scheduler) finished(w workDone) {
 	e.active -= w.tasks
 	d := w.dest
 	d.runningTasks -= w.tasks
-	d.drain.add(e.cfg.Now(), w.tasks)
+	d.drain.add(w.at, w.tasks)
 	if w.dialled {
 		e.busy--
 		d.running--

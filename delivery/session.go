@@ -223,8 +223,14 @@ func (e *Scheduler) startTLS(ctx context.Context, s *session) *AttemptError {
 		if t.policy == TLSOpportunistic {
 			return nil // RFC 3207 §4.1: the session may go on in plain text
 		}
+		// The policy, not the host, ends the delivery: deferred, with a
+		// 4.x.x status even when the host said 5xx (a delay DSN reports
+		// it as delayed).
 		ae := fail(replyError(code, text), phaseStartTLS)
 		ae.Permanent = false
+		if strings.HasPrefix(ae.Enhanced, "5.") {
+			ae.Enhanced = "4." + ae.Enhanced[2:]
+		}
 		return ae
 	}
 	tc := tls.Client(s.dc, e.tlsConfig(t.policy, t.serverName()))
