@@ -110,7 +110,7 @@ func (a *authenticator) check(addr netip.Addr, login, password string, listener 
 		a.srv.log.Info("authentication failed", "ip", ip, "listener", listener, "known_login", ok)
 		return nil, errBadCreds
 	}
-	a.known.add(pair, now)
+	a.known.add(pair, knownFor, now)
 	return usr, nil
 }
 

@@ -61,12 +61,15 @@ func (s *Server) admit(raw net.Conn, l *listener) *conn {
 		c.ip = a.AddrPort().Addr().Unmap()
 	}
 	lim := s.currentLimits()
+	// Trusted clients are not counted per address, so a busy trusted
+	// relay cannot use up the share of its untrusted /64 neighbours.
+	c.perIP = c.ip.IsValid() && !s.isTrusted(c.ip)
 	s.mu.Lock()
 	over := s.total >= lim.ConnsTotal ||
-		c.ip.IsValid() && s.perIP[clientBlock(c.ip)] >= lim.ConnsPerIP && !s.isTrusted(c.ip)
+		c.perIP && s.perIP[clientBlock(c.ip)] >= lim.ConnsPerIP
 	if !over {
 		s.total++
-		if c.ip.IsValid() {
+		if c.perIP {
 			s.perIP[clientBlock(c.ip)]++
 		}
 		s.conns[c] = struct{}{}
@@ -100,7 +103,7 @@ func (s *Server) release(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.total--
-	if c.ip.IsValid() {
+	if c.perIP {
 		if b := clientBlock(c.ip); s.perIP[b] <= 1 {
 			delete(s.perIP, b)
 		} else {
@@ -115,7 +118,7 @@ func (s *Server) release(c *conn) {
 // the listener's STARTTLS server as a new TLS connection. It keeps old's
 // connection slot.
 func (s *Server) upgrade(old *conn) {
-	n := &conn{raw: old.raw, srv: s, l: old.l, kind: old.kind, ip: old.ip, uid: old.uid, ptr: old.ptr}
+	n := &conn{raw: old.raw, srv: s, l: old.l, kind: old.kind, ip: old.ip, perIP: old.perIP, uid: old.uid, ptr: old.ptr}
 	n.tls = tls.Server(old.raw, s.tls)
 	n.Conn = n.tls
 	n.skipGreeting = true
@@ -149,6 +152,7 @@ type conn struct {
 	l        *listener
 	kind     Kind
 	ip       netip.Addr // invalid on the local socket
+	perIP    bool       // counted in Server.perIP (not trusted, not local)
 	uid      int        // peer uid on the local socket, else -1
 	ptr      *ptrLookup
 

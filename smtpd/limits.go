@@ -139,7 +139,7 @@ func (f *failures) add(key string, span time.Duration, now time.Time) {
 }
 
 // seen remembers when keys were last seen, for a span; it holds at most
-// maxTracked keys, dropping the oldest first.
+// maxTracked keys: when full, the expired ones go, else the oldest.
 type seen struct {
 	mu sync.Mutex
 	m  map[string]time.Time
@@ -154,18 +154,22 @@ func (s *seen) has(key string, span time.Duration, now time.Time) bool {
 	return ok && now.Sub(t) < span
 }
 
-func (s *seen) add(key string, now time.Time) {
+func (s *seen) add(key string, span time.Duration, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.m[key]; !ok && len(s.m) >= maxTracked {
 		var oldest string
 		var at time.Time
 		for k, t := range s.m {
-			if oldest == "" || t.Before(at) {
+			if now.Sub(t) >= span {
+				delete(s.m, k)
+			} else if oldest == "" || t.Before(at) {
 				oldest, at = k, t
 			}
 		}
-		delete(s.m, oldest)
+		if len(s.m) >= maxTracked {
+			delete(s.m, oldest)
+		}
 	}
 	s.m[key] = now
 }
