@@ -211,8 +211,9 @@ func (e *Scheduler) nextWake(more bool) time.Duration {
 // past that are postponed in the claim's commit (not claimed, one write
 // each) to when the destination should have room: spread at twice the
 // rate it has been finishing recipients, after what it holds, within
-// [postponeMin, postponeMax] of now; at a minute (or the first backoff, if
-// shorter) until that rate is known. A backlog is then rewritten about
+// [postponeMin, postponeMax] of now and rounded up to postponeGrain; at a
+// minute (or the first backoff, if shorter) until that rate is known, and
+// at postponeMax once nothing has finished for long. A backlog is then rewritten about
 // once for each postponeMax it waits, not each time the scheduler claims.
 func (e *Scheduler) claim() bool {
 	limit := min(e.cfg.ActiveEntries-e.active, claimBatch)
