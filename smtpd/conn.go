@@ -49,6 +49,7 @@ func (l *listener) Accept() (net.Conn, error) {
 // 421 and closes it (returning nil).
 func (s *Server) admit(raw net.Conn, l *listener) *conn {
 	c := &conn{Conn: raw, raw: raw, srv: s, l: l, kind: l.kind, uid: -1}
+	c.in.rcptTo = s.postmaster
 	if l.kind == Local {
 		uid, err := peerUID(raw)
 		if err != nil {
@@ -119,6 +120,7 @@ func (s *Server) release(c *conn) {
 // connection slot.
 func (s *Server) upgrade(old *conn) {
 	n := &conn{raw: old.raw, srv: s, l: old.l, kind: old.kind, ip: old.ip, perIP: old.perIP, uid: old.uid, ptr: old.ptr}
+	n.in.rcptTo = s.postmaster
 	n.tls = tls.Server(old.raw, s.tls)
 	n.Conn = n.tls
 	n.skipGreeting = true
@@ -161,11 +163,14 @@ type conn struct {
 	hsErr  error
 
 	// Used only by the goroutine go-smtp serves this connection on.
-	readErr      error     // sticky: after one failed read, every read fails
-	dataUntil    time.Time // during DATA: the overall cap, else zero
-	midLine      bool      // the last write did not end a line
-	skipGreeting bool      // swallow go-smtp's greeting after STARTTLS
-	esmtp        bool      // the client said EHLO, not HELO
+	in           inputScanner // rewrites RCPT TO:<postmaster> (input.go)
+	inPending    []byte       // scanned input go-smtp has not read yet
+	sent354      bool         // a 354 went out since the last read
+	readErr      error        // sticky: after one failed read, every read fails
+	dataUntil    time.Time    // during DATA: the overall cap, else zero
+	midLine      bool         // the last write did not end a line
+	skipGreeting bool         // swallow go-smtp's greeting after STARTTLS
+	esmtp        bool         // the client said EHLO, not HELO
 
 	killed      atomic.Bool // a hook panicked: end the connection
 	killWritten bool        // the reply after the panic went out; drop the rest
@@ -184,6 +189,11 @@ type conn struct {
 }
 
 func (c *conn) Read(p []byte) (int, error) {
+	if len(c.inPending) > 0 {
+		n := copy(p, c.inPending)
+		c.inPending = c.inPending[n:]
+		return n, nil
+	}
 	if c.readErr != nil {
 		return 0, c.readErr
 	}
@@ -217,11 +227,46 @@ func (c *conn) Read(p []byte) (int, error) {
 		c.readErr = net.ErrClosed
 		return 0, c.readErr
 	}
-	n, err := c.Conn.Read(p)
-	if err != nil {
-		c.readErr = err
+	// go-smtp reads again only once it has taken in all it was given, so
+	// the answer to a DATA line the scanner held back at is known now.
+	sent354 := c.sent354
+	c.sent354 = false
+	if c.in.waiting() {
+		if n := c.pass(p, c.in.resolve(sent354)); n > 0 {
+			return n, nil
+		}
 	}
-	return n, err
+	for {
+		n, err := c.Conn.Read(p)
+		if n > 0 {
+			out, same := c.in.feed(p[:n])
+			if same {
+				if err != nil {
+					c.readErr = err
+				}
+				return n, err
+			}
+			if m := c.pass(p, out); m > 0 {
+				c.readErr = err // nil, or returned once the rest is read
+				return m, nil
+			}
+		}
+		if err != nil {
+			c.readErr = err
+			if m := c.pass(p, c.in.flushHeld()); m > 0 {
+				return m, nil
+			}
+			return 0, err
+		}
+	}
+}
+
+// pass gives go-smtp what the input scanner let through, keeping what
+// does not fit in p for the next Read.
+func (c *conn) pass(p, out []byte) int {
+	n := copy(p, out)
+	c.inPending = out[n:]
+	return n
 }
 
 // maxPendingBytes bounds the replies held back: past it they are sent at
@@ -422,6 +467,7 @@ var (
 	replyStartTLS  = []byte("250-STARTTLS\r\n")
 	replySize      = []byte("250 SIZE\r\n")
 	replyHELO      = []byte("250 2.0.0 Hello ")
+	reply354       = []byte("354 ")
 	replyNoTLS     = []byte("502 5.5.1 TLS not supported\r\n")
 	replyIdle      = []byte("421 4.4.2 Idle timeout, bye bye\r\n")
 	replyGreeting  = []byte("220 ")
@@ -446,6 +492,8 @@ func (c *conn) rewrite(line []byte) []byte {
 		return nil
 	case bytes.HasPrefix(line, replyHELO):
 		c.esmtp = false
+	case bytes.HasPrefix(line, reply354):
+		c.sent354 = true
 	case bytes.Equal(line, replySize):
 		line = strconv.AppendInt([]byte("250 SIZE "), c.srv.currentLimits().MaxMessageBytes, 10)
 		line = append(line, '\r', '\n')

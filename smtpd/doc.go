@@ -31,6 +31,12 @@
 //     its own; the connection wrapper sends what it holds in one write
 //     when the session is about to wait for the client, and before the
 //     connection is closed or handed to TLS.
+//   - "RCPT TO:<Postmaster>" without a domain, which RFC 5321 §4.5.1 says
+//     must be accepted and go-smtp's parser refuses, reaches go-smtp as
+//     <postmaster@first local domain> (else @Hostname). The input scanner
+//     (input.go) rewrites command lines only: it holds input back where it
+//     cannot yet tell commands from a message, and follows DATA and BDAT
+//     as go-smtp reads them, so message data and chunks pass untouched.
 //   - Panics in the hooks are recovered, logged and counted here.
 //
 // Invariants of what is stored (RFC 5321 §2.3.8, RFC 5322 §2.1.1): the

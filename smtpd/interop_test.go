@@ -47,7 +47,8 @@ msg = ("From: Zbird <zbird1@163.example>\r\n"
        "\r\n"
        "Hello from Python.\r\n")
 s.mail("zbird1@163.example")
-for r in ("to@example.test", "cc@example.test", "bcc@example.test"):
+# "postmaster" without a domain: RCPT TO:<postmaster> (RFC 5321 §4.5.1)
+for r in ("to@example.test", "cc@example.test", "bcc@example.test", "postmaster"):
     code, resp = s.rcpt(r)
     assert code == 250, (r, code, resp)
 code, resp = s.data(msg)
@@ -68,7 +69,7 @@ s.quit()
 	for _, r := range msg.Envelope.Recipients {
 		rcpts = append(rcpts, r.Addr)
 	}
-	if want := []string{"to@example.test", "cc@example.test", "bcc@example.test"}; !slices.Equal(rcpts, want) {
+	if want := []string{"to@example.test", "cc@example.test", "bcc@example.test", "admin@example.test"}; !slices.Equal(rcpts, want) {
 		t.Errorf("recipients %q, want %q", rcpts, want)
 	}
 	if msg.Envelope.Sender != "zbird1@163.example" || msg.Envelope.Origin.AuthUser != testLogin || msg.Envelope.Origin.HELO != "py.test" {

@@ -43,6 +43,7 @@ type Server struct {
 	unownedFrom  atomic.Bool // Config.AllowUnownedFrom, or SetAllowUnownedFrom
 	aliases      atomic.Pointer[mailaddr.Aliases]
 	localDomains []string
+	postmaster   []byte // what "<postmaster>" in RCPT becomes (input.go)
 
 	auth  *authenticator
 	rates *rateTable
@@ -104,6 +105,7 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) setup(cfg Config) error {
 	// SetAliases below checks the local domains.
 	s.localDomains = cfg.LocalDomains
+	s.postmaster = postmasterPath(cfg.LocalDomains, cfg.Hostname)
 	if cfg.TLS != nil {
 		s.tls = cfg.TLS.Clone()
 		if s.tls.MinVersion < tls.VersionTLS12 {
