@@ -40,7 +40,9 @@
 //     is logged, and kept in the route, before the plain-text retry.
 //   - Deferred recipients back off from Backoff.Min to Backoff.Max with
 //     jitter; past Lifetime they fail. A delay DSN goes out once after
-//     DelayWarning unless NOTIFY excludes DELAY; a failure DSN is built by
+//     DelayWarning unless NOTIFY excludes DELAY, one per message: it reports
+//     every recipient then delayed, at any destination, and the spool sends
+//     it only if one of them had none (spool.DelayNotice); a failure DSN is built by
 //     the spool's Bounce hook (Bouncer) when the message retires; a
 //     "relayed" DSN answers NOTIFY=SUCCESS to a hop without DSN. Nothing is
 //     ever sent to the null sender, nor about a DSN.

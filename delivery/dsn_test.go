@@ -183,6 +183,44 @@ func TestDSNDelayOnceAfterWarning(t *testing.T) {
 	}
 }
 
+// TestDSNDelayOncePerMessage: recipients delayed at two destinations get
+// one delay DSN between them, reporting both, though the two attempts
+// that reach the warning time run side by side.
+func TestDSNDelayOncePerMessage(t *testing.T) {
+	busy := peer.Behaviour{Rcpt: &peer.Reply{Code: 451, Enhanced: "4.3.0", Text: "later"}}
+	zone := dsnZone + "other.test. 300 IN MX 10 mx.other.test.\nmx.other.test. 300 IN A 127.0.0.3\n"
+	w := newWorld(t, setup{zone: zone, hosts: map[string]peer.Behaviour{"127.0.0.2": busy, "127.0.0.3": busy, "127.0.0.4": {}}})
+	id := w.send("s@sender.test", []string{"x@example.test", "y@other.test"}, body7)
+	w.waitAttempts(id, 0, 1)
+	w.waitAttempts(id, 1, 1)
+	w.retry(4*time.Hour + time.Minute)
+	w.waitAttempts(id, 0, 2)
+	w.waitAttempts(id, 1, 2)
+	sender := w.hosts["127.0.0.4"]
+	testpeer.WaitHost(t, sender, "the delay DSN", func(h *peer.Host) bool { return len(h.Messages()) >= 1 })
+	for _, r := range w.message(id).Envelope.Recipients {
+		if !r.DelayNotified {
+			t.Errorf("%s not marked as notified", r.Addr)
+		}
+	}
+	p := parseWithPython(t, sender.Messages()[0].Data)
+	var got []string
+	for _, pr := range p.PerRecipient {
+		got = append(got, pr["Final-Recipient"]+" "+pr["Action"]+" "+pr["Status"])
+	}
+	slices.Sort(got)
+	if want := []string{"rfc822; x@example.test delayed 4.3.0", "rfc822; y@other.test delayed 4.3.0"}; !slices.Equal(got, want) {
+		t.Errorf("delay DSN reports %q, want %q", got, want)
+	}
+	// Another round of attempts sends nothing more.
+	w.retry(2 * time.Hour)
+	w.waitAttempts(id, 0, 3)
+	w.waitAttempts(id, 1, 3)
+	if n := len(sender.Messages()); n != 1 {
+		t.Errorf("%d delay DSNs for one message, want 1", n)
+	}
+}
+
 func TestDSNNotifyPassedOnOrRelayed(t *testing.T) {
 	eachMode(t, func(t *testing.T, lockStep bool) {
 		tests := []struct {

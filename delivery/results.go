@@ -74,6 +74,8 @@ func (e *Scheduler) recordAt(j *job, res map[int]result, d time.Duration, notBef
 	var u spool.Update
 	var back []spool.Task
 	var delayed, relayed []dsnRcpt
+	var delayRefs []spool.RcptRef
+	owed := env.Sender != "" && !env.DSN
 	for _, t := range j.tasks {
 		r, ok := res[t.Rcpt]
 		if !ok || r.interrupted || t.Rcpt < 0 || t.Rcpt >= len(env.Recipients) {
@@ -82,12 +84,12 @@ func (e *Scheduler) recordAt(j *job, res map[int]result, d time.Duration, notBef
 		}
 		sr := e.outcome(j, t, r, now, d, notBefore)
 		rcpt := &env.Recipients[t.Rcpt]
-		owed := env.Sender != "" && !env.DSN
 		switch {
 		case sr.State == spool.Deferred && owed && e.delayOwed(rcpt, env.Arrival, now):
 			sr.DelayNotified = true
 			delayed = append(delayed, dsnRcpt{addr: rcpt.Addr, orcpt: rcpt.ORcpt, action: "delayed",
 				status: sr.Attempt.Enhanced, remote: r.host, diag: diagOf(r), text: r.text, last: now})
+			delayRefs = append(delayRefs, spool.RcptRef{ID: j.id, Rcpt: t.Rcpt})
 		case sr.State == spool.Delivered && owed && rcpt.Notify&spool.NotifySuccess != 0 && !r.hopDSN:
 			relayed = append(relayed, dsnRcpt{addr: rcpt.Addr, orcpt: rcpt.ORcpt, action: "relayed",
 				status: sr.Attempt.Enhanced, remote: r.host, diag: diagOf(r), last: now})
@@ -98,8 +100,27 @@ func (e *Scheduler) recordAt(j *job, res map[int]result, d time.Duration, notBef
 	if len(back) > 0 {
 		e.cfg.Spool.Unclaim(back)
 	}
-	if len(delayed)+len(relayed) > 0 {
-		u.Enqueue = e.notices(j, delayed, relayed)
+	if len(delayed) > 0 {
+		// One delay DSN for the message: it also reports the recipients
+		// deferred at other destinations that are past the warning time,
+		// and the spool sends it only if one of them had none yet.
+		inJob := make(map[int]bool, len(j.tasks))
+		for _, t := range j.tasks {
+			inJob[t.Rcpt] = true
+		}
+		for i := range env.Recipients {
+			r := &env.Recipients[i]
+			if !inJob[i] && r.State == spool.Deferred && e.delayOwed(r, env.Arrival, now) {
+				delayed = append(delayed, lastAttempt(r, "delayed"))
+				delayRefs = append(delayRefs, spool.RcptRef{ID: j.id, Rcpt: i})
+			}
+		}
+		if n := e.notices(j, delayed, nil); len(n) == 1 {
+			u.Delay = &spool.DelayNotice{Recipients: delayRefs, DSN: n[0]}
+		}
+	}
+	if len(relayed) > 0 {
+		u.Enqueue = e.notices(j, nil, relayed)
 	}
 	if len(u.Results) == 0 {
 		return

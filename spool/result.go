@@ -37,8 +37,26 @@ func (s *Spool) Record(ctx context.Context, u Update) error {
 		}
 		news[i] = m
 	}
-	r := newRequest(false, func(t *txn) error { return t.record(u.Results, news) })
+	var delay *pendingDelay
+	if u.Delay != nil {
+		for _, r := range u.Delay.Recipients {
+			if !validID(r.ID) || r.Rcpt < 0 || r.Rcpt >= maxRecipients {
+				return fmt.Errorf("%w: delay notice for %q/%d", ErrInvalid, r.ID, r.Rcpt)
+			}
+		}
+		m, err := prepareNew(&u.Delay.DSN, s.now)
+		if err != nil {
+			return err
+		}
+		delay = &pendingDelay{rcpts: u.Delay.Recipients, dsn: m}
+	}
+	r := newRequest(false, func(t *txn) error { return t.record(u.Results, news, delay) })
 	return s.submit(r)
+}
+
+type pendingDelay struct {
+	rcpts []RcptRef
+	dsn   *pendingMessage
 }
 
 func checkResult(r *Result) error {
@@ -55,9 +73,28 @@ func checkResult(r *Result) error {
 	return nil
 }
 
-func (t *txn) record(results []Result, news []*pendingMessage) error {
-	if err := t.checkNewIDs(news); err != nil {
+func (t *txn) record(results []Result, news []*pendingMessage, delay *pendingDelay) error {
+	all := news
+	if delay != nil {
+		all = append(all[:len(all):len(all)], delay.dsn)
+	}
+	if err := t.checkNewIDs(all); err != nil {
 		return err
+	}
+	// Whether the delay DSN is owed is decided on the states before this
+	// update: one of its recipients live and not yet notified.
+	delayOwed := false
+	if delay != nil {
+		for _, r := range delay.rcpts {
+			st, ok, err := getState(t.bk, r.ID, r.Rcpt)
+			if err != nil {
+				return err
+			}
+			if ok && !st.State.Final() && !st.DelayNotified {
+				delayOwed = true
+				break
+			}
+		}
 	}
 	var touched []string
 	for i := range results {
@@ -82,6 +119,16 @@ func (t *txn) record(results []Result, news []*pendingMessage) error {
 			return err
 		}
 	}
+	if delay != nil {
+		if err := t.markDelayNotified(delay.rcpts); err != nil {
+			return err
+		}
+		if delayOwed {
+			if err := t.enqueue(delay.dsn); err != nil {
+				return err
+			}
+		}
+	}
 	for _, id := range touched {
 		if err := t.retireIfDone(id); err != nil {
 			return err
@@ -99,6 +146,26 @@ func (t *txn) checkNewIDs(news []*pendingMessage) error {
 		}
 		seen[m.id] = true
 		if err := t.checkNewID(m.id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// markDelayNotified marks the live recipients in rcpts as covered by a
+// delay DSN.
+func (t *txn) markDelayNotified(rcpts []RcptRef) error {
+	for _, r := range rcpts {
+		old, ok, err := getState(t.bk, r.ID, r.Rcpt)
+		if err != nil {
+			return err
+		}
+		if !ok || old.State.Final() || old.DelayNotified {
+			continue
+		}
+		st := old
+		st.DelayNotified = true
+		if err := t.setRcpt(r.ID, r.Rcpt, &old, &st); err != nil {
 			return err
 		}
 	}

@@ -187,6 +187,70 @@ func TestDelayNotified(t *testing.T) {
 	}
 }
 
+// TestDelayNotice: a delay notice marks every recipient it reports, and
+// its DSN is stored only if one of them had none yet, so attempts to two
+// destinations of one message that both owe a delay warning send one.
+func TestDelayNotice(t *testing.T) {
+	clk := newClock()
+	s, _ := openSpool(t, Options{Now: clk.Now})
+	id := enqueue(t, s, envelope("a@o.test", "b@d.example", "c@e.example", "d@f.example"), nil)
+	now := clk.Now()
+	claimAll(t, s, now, time.Hour)
+	dsn := func() NewMessage {
+		m := NewMessage{ID: NewID(), Envelope: *envelope("", "a@o.test"), Body: []byte("delay report")}
+		m.Envelope.DSN = true
+		return m
+	}
+	notice := func(rcpts ...int) *DelayNotice {
+		n := &DelayNotice{DSN: dsn()}
+		for _, r := range rcpts {
+			n.Recipients = append(n.Recipients, RcptRef{id, r})
+		}
+		return n
+	}
+	stored := func(n *DelayNotice) bool {
+		_, err := s.Message(n.DSN.ID)
+		return err == nil
+	}
+	// The attempt to d.example reports b and c (deferred at e.example).
+	first := notice(0, 1)
+	res := result(id, 0, Deferred, now, now.Add(time.Hour))
+	res.DelayNotified = true
+	if err := s.Record(t.Context(), Update{Results: []Result{res}, Delay: first}); err != nil {
+		t.Fatal(err)
+	}
+	if !stored(first) {
+		t.Fatal("the first delay DSN was not stored")
+	}
+	rs := message(t, s, id).Envelope.Recipients
+	if !rs[0].DelayNotified || !rs[1].DelayNotified || rs[2].DelayNotified {
+		t.Errorf("notified %v %v %v, want the two reported only", rs[0].DelayNotified, rs[1].DelayNotified, rs[2].DelayNotified)
+	}
+	// The attempt to e.example, on the same snapshot, reports them again:
+	// nothing new, no DSN.
+	second := notice(1, 0)
+	res = result(id, 1, Deferred, now, now.Add(time.Hour))
+	res.DelayNotified = true
+	if err := s.Record(t.Context(), Update{Results: []Result{res}, Delay: second}); err != nil {
+		t.Fatal(err)
+	}
+	if stored(second) {
+		t.Error("a second delay DSN for recipients already reported")
+	}
+	// One not reported yet makes the DSN go out.
+	third := notice(0, 2)
+	if err := s.Record(t.Context(), Update{Delay: third}); err != nil {
+		t.Fatal(err)
+	}
+	if !stored(third) || !message(t, s, id).Envelope.Recipients[2].DelayNotified {
+		t.Error("a delay DSN with a recipient not reported before was not stored, or did not mark it")
+	}
+	if err := s.Record(t.Context(), Update{Delay: &DelayNotice{Recipients: []RcptRef{{"bad id", 0}}, DSN: dsn()}}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("notice for an invalid id: %v, want ErrInvalid", err)
+	}
+	verifyNow(t, s)
+}
+
 func TestBounce(t *testing.T) {
 	clk := newClock()
 	type call struct {

@@ -190,10 +190,30 @@ type NewMessage struct {
 }
 
 // Update is a batch of results committed in one transaction, with any
-// messages (delay DSNs) they cause.
+// messages (DSNs) they cause.
 type Update struct {
 	Results []Result
 	Enqueue []NewMessage
+	// Delay is a delay DSN for some of a message's recipients, not only
+	// those in Results: one DSN for all that are delayed, however many
+	// destinations they wait at.
+	Delay *DelayNotice
+}
+
+// DelayNotice is a delay DSN and the recipients it reports. In the
+// commit, every one of them still live is marked DelayNotified, and the
+// DSN is enqueued only if one of them was not marked already: attempts
+// to two destinations of one message that both reach the warning time
+// send one DSN between them, not two.
+type DelayNotice struct {
+	Recipients []RcptRef
+	DSN        NewMessage
+}
+
+// RcptRef names one recipient of one message.
+type RcptRef struct {
+	ID   string
+	Rcpt int
 }
 
 // Filter selects messages for List. Zero fields match everything.
