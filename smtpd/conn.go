@@ -166,6 +166,7 @@ type conn struct {
 	in           inputScanner // rewrites RCPT TO:<postmaster> (input.go)
 	inPending    []byte       // scanned input go-smtp has not read yet
 	sent354      bool         // a 354 went out since the last read
+	sent334      bool         // a 334 went out since the last read
 	readErr      error        // sticky: after one failed read, every read fails
 	dataUntil    time.Time    // during DATA: the overall cap, else zero
 	midLine      bool         // the last write did not end a line
@@ -228,34 +229,37 @@ func (c *conn) Read(p []byte) (int, error) {
 		return 0, c.readErr
 	}
 	// go-smtp reads again only once it has taken in all it was given, so
-	// the answer to a DATA line the scanner held back at is known now.
-	sent354 := c.sent354
-	c.sent354 = false
+	// the answer to a DATA or AUTH line the scanner held back at is known
+	// now.
+	sent354, sent334 := c.sent354, c.sent334
+	c.sent354, c.sent334 = false, false
 	if c.in.waiting() {
-		if n := c.pass(p, c.in.resolve(sent354)); n > 0 {
+		if n := c.pass(p, c.in.resolve(sent354, sent334)); n > 0 {
 			return n, nil
 		}
 	}
 	for {
 		n, err := c.Conn.Read(p)
+		var out []byte
+		same := true
 		if n > 0 {
-			out, same := c.in.feed(p[:n])
-			if same {
-				if err != nil {
-					c.readErr = err
-				}
-				return n, err
-			}
-			if m := c.pass(p, out); m > 0 {
-				c.readErr = err // nil, or returned once the rest is read
-				return m, nil
-			}
+			out, same = c.in.feed(p[:n])
 		}
 		if err != nil {
+			// The input ends (a TLS read may bring the last data with
+			// the error): what is held goes on as it came.
 			c.readErr = err
-			if m := c.pass(p, c.in.flushHeld()); m > 0 {
-				return m, nil
+			if held := c.in.flushHeld(); len(held) > 0 {
+				out, same = append(out, held...), false
 			}
+		}
+		if same {
+			return n, err
+		}
+		if m := c.pass(p, out); m > 0 {
+			return m, nil // the error, if any, after the rest
+		}
+		if err != nil {
 			return 0, err
 		}
 	}
@@ -468,6 +472,7 @@ var (
 	replySize      = []byte("250 SIZE\r\n")
 	replyHELO      = []byte("250 2.0.0 Hello ")
 	reply354       = []byte("354 ")
+	reply334       = []byte("334 ")
 	replyNoTLS     = []byte("502 5.5.1 TLS not supported\r\n")
 	replyIdle      = []byte("421 4.4.2 Idle timeout, bye bye\r\n")
 	replyGreeting  = []byte("220 ")
@@ -494,6 +499,8 @@ func (c *conn) rewrite(line []byte) []byte {
 		c.esmtp = false
 	case bytes.HasPrefix(line, reply354):
 		c.sent354 = true
+	case bytes.HasPrefix(line, reply334):
+		c.sent334 = true
 	case bytes.Equal(line, replySize):
 		line = strconv.AppendInt([]byte("250 SIZE "), c.srv.currentLimits().MaxMessageBytes, 10)
 		line = append(line, '\r', '\n')

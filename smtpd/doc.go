@@ -35,8 +35,10 @@
 //     must be accepted and go-smtp's parser refuses, reaches go-smtp as
 //     <postmaster@first local domain> (else @Hostname). The input scanner
 //     (input.go) rewrites command lines only: it holds input back where it
-//     cannot yet tell commands from a message, and follows DATA and BDAT
-//     as go-smtp reads them, so message data and chunks pass untouched.
+//     cannot yet tell commands from a message, and reads lines, DATA,
+//     AUTH exchanges, BDAT chunks and the end of a message exactly as
+//     go-smtp does, so message data, chunks and AUTH responses pass
+//     untouched.
 //   - Panics in the hooks are recovered, logged and counted here.
 //
 // Invariants of what is stored (RFC 5321 §2.3.8, RFC 5322 §2.1.1): the

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strconv"
 	"strings"
+	"unicode"
 )
 
 // inputScanner follows the client's octets on their way to go-smtp, to
@@ -12,51 +13,70 @@ import (
 // answers it 501. Such a line becomes "RCPT TO:<postmaster@DOMAIN>" (a
 // local domain, so the postmaster alias applies), its parameters kept.
 //
-// Only command lines are ever rewritten, never message data or a BDAT
-// chunk, which would change what is stored or how many octets go-smtp
-// takes as a chunk. The scanner knows where it is because it lets go-smtp
-// read no further than a point it cannot judge yet:
+// Only command lines are ever rewritten, never message data, a BDAT
+// chunk or an AUTH response, which would change what is stored or how
+// many octets go-smtp takes as a chunk. The scanner reads each line as
+// go-smtp's parseCmd does, and lets go-smtp read no further than a point
+// it cannot judge yet:
 //
-//   - A partial command line (at most maxHeldLine octets) is held until
-//     its end arrives; go-smtp cannot act on it anyway. A longer one is
-//     passed on and its line never rewritten.
-//   - After a DATA line everything is held: go-smtp reads on only once it
-//     has answered DATA, and then the reply filter has seen whether that
-//     answer was 354 (the message follows) or a refusal (commands follow).
-//   - The message ends at CRLF.CRLF, as go-smtp's reader has it; a "."
-//     line at the very start ends it too.
+//   - A partial command line is held until its end arrives; go-smtp cannot
+//     act on it anyway. One longer than go-smtp's line limit is passed on:
+//     go-smtp ends the session on it.
+//   - After a DATA line (that go-smtp answers, not refuses as malformed)
+//     or an AUTH line, everything is held: go-smtp reads on only once it
+//     has answered, and then the reply filter has seen whether the answer
+//     was 354 (the message follows), 334 (one response line follows, then
+//     the same question again) or neither (commands follow).
+//   - The message ends where go-smtp's data reader ends it: ".\r\n" at the
+//     start of a line, a line starting after "\r\n" (its state machine,
+//     quirks included).
 //   - A BDAT line go-smtp would parse announces a chunk of that many
 //     octets, which go-smtp always reads (and discards: BDAT is refused),
 //     so the scanner passes them on untouched.
+//   - When the client's input ends, whatever is held is passed on as it
+//     came.
 //
 // The scanner is used only by the goroutine go-smtp serves the
 // connection on.
 type inputScanner struct {
 	rcptTo []byte // "<postmaster@DOMAIN>"; nil: no rewrite
 	mode   inputMode
-	chunk  uint64 // inChunk: octets of the chunk still to come
-	// inData: how much of the end sequence ("\r\n.\r\n") the octets so
-	// far end with.
-	matched int
-	mid     bool   // inCommands: inside a line too long to hold
-	held    []byte // read, not yet passed on
-	out     []byte // passed on after a change (reused)
+	chunk  uint64    // inChunk: octets of the chunk still to come
+	data   dataState // inData: go-smtp's data reader state
+	mid    bool      // inCommands: inside a line too long to hold
+	held   []byte    // read, not yet passed on
+	out    []byte    // passed on after a change (reused)
 }
 
 type inputMode uint8
 
 const (
-	inCommands inputMode = iota
-	inAfterDATA
+	inCommands  inputMode = iota
+	inAfterDATA           // holding after a DATA line
+	inAfterAUTH           // holding after an AUTH line or response
+	inAuthLine            // the client's response to a 334
 	inData
 	inChunk
 )
 
-// maxHeldLine bounds a partial command line held back: longer ones pass
-// unchanged (go-smtp refuses lines past 2000 octets).
-const maxHeldLine = 1024
+// dataState is go-smtp's dataReader state (data.go).
+type dataState uint8
 
-var dataEnd = []byte("\r\n.\r\n")
+const (
+	dataBeginLine dataState = iota
+	dataDot
+	dataDotCR
+	dataCR
+	dataMid
+)
+
+// maxLineLength is go-smtp's MaxLineLength as newSMTPServer sets it: a
+// longer line ends the session. Lines are held up to just past it, so
+// that any line passed on unheld is one go-smtp refuses.
+const (
+	maxLineLength = 2000
+	maxHeldLine   = maxLineLength + 2
+)
 
 // postmasterPath is the path a bare "<postmaster>" becomes: at the first
 // local domain, else at the host name.
@@ -68,20 +88,23 @@ func postmasterPath(localDomains []string, hostname string) []byte {
 	return []byte("<postmaster@" + strings.ToLower(strings.TrimSuffix(d, ".")) + ">")
 }
 
-// waiting reports whether the scanner holds input after a DATA line,
-// for resolve to judge.
-func (s *inputScanner) waiting() bool { return s.mode == inAfterDATA }
+// waiting reports whether the scanner holds input after a DATA or AUTH
+// line, for resolve to judge.
+func (s *inputScanner) waiting() bool { return s.mode == inAfterDATA || s.mode == inAfterAUTH }
 
-// resolve ends the wait after a DATA line: go-smtp answered it with 354
-// (sent354) or refused it. It returns what may be passed on now.
-func (s *inputScanner) resolve(sent354 bool) []byte {
-	if s.mode != inAfterDATA {
-		return nil
-	}
-	if sent354 {
-		s.mode, s.matched = inData, 2 // the message starts at a line start
-	} else {
+// resolve ends the wait: go-smtp has answered the DATA or AUTH line (or
+// AUTH response) and now reads on; sent354 and sent334 say whether that
+// answer was 354 or 334. It returns what may be passed on now.
+func (s *inputScanner) resolve(sent354, sent334 bool) []byte {
+	switch {
+	case s.mode == inAfterDATA && sent354:
+		s.mode, s.data = inData, dataBeginLine
+	case s.mode == inAfterAUTH && sent334:
+		s.mode = inAuthLine
+	case s.waiting():
 		s.mode = inCommands
+	default:
+		return nil
 	}
 	held := s.held
 	s.held = nil
@@ -124,7 +147,7 @@ func (s *inputScanner) feed(b []byte) (out []byte, same bool) {
 	i := 0
 	for i < len(b) {
 		switch s.mode {
-		case inAfterDATA:
+		case inAfterDATA, inAfterAUTH:
 			change(i)
 			s.held = append(s.held, b[i:]...)
 			i = len(b)
@@ -148,7 +171,7 @@ func (s *inputScanner) feed(b []byte) (out []byte, same bool) {
 			pass(b[i : i+j])
 			i += j
 			s.mode = inCommands
-		case inCommands:
+		case inCommands, inAuthLine:
 			if s.mid {
 				j := bytes.IndexByte(b[i:], '\n')
 				if j < 0 {
@@ -175,18 +198,41 @@ func (s *inputScanner) feed(b []byte) (out []byte, same bool) {
 			}
 			line := b[i : i+j+1]
 			i += j + 1
-			if at, ok := s.postmasterRcpt(line); ok {
-				change(i - len(line))
-				s.out = append(s.out, line[:at]...)
-				s.out = append(s.out, s.rcptTo...)
-				s.out = append(s.out, line[at+len("<postmaster>"):]...)
+			if s.mode == inAuthLine {
+				pass(line) // a SASL response, whatever it looks like
+				s.mode = inAfterAUTH
 				break
 			}
-			pass(line)
-			if isDATA(line) {
-				s.mode = inAfterDATA
-			} else if n, ok := bdatSize(line); ok && n > 0 {
-				s.mode, s.chunk = inChunk, n
+			cmd, arg, ok := goSMTPCommand(line)
+			if !ok {
+				pass(line)
+				break
+			}
+			switch cmd {
+			case "RCPT":
+				if at, ok := s.postmasterRcpt(line, arg); ok {
+					change(i - len(line))
+					s.out = append(s.out, line[:at]...)
+					s.out = append(s.out, s.rcptTo...)
+					s.out = append(s.out, line[at+len("<postmaster>"):]...)
+				} else {
+					pass(line)
+				}
+			case "DATA":
+				pass(line)
+				if len(arg) == 0 { // go-smtp refuses DATA with an argument (501)
+					s.mode = inAfterDATA
+				}
+			case "AUTH":
+				pass(line)
+				s.mode = inAfterAUTH
+			case "BDAT":
+				pass(line)
+				if n, ok := bdatSize(arg); ok && n > 0 {
+					s.mode, s.chunk = inChunk, n
+				}
+			default:
+				pass(line)
 			}
 		}
 	}
@@ -196,94 +242,105 @@ func (s *inputScanner) feed(b []byte) (out []byte, same bool) {
 	return b, true
 }
 
-// dataEnd returns the length of p up to and including the end of the
-// message, or -1 when p does not finish it. s.matched carries a partial
-// match from one call to the next.
+// dataEnd runs go-smtp's data reader state machine over p and returns
+// the length of p up to and including the end of the message, or -1 when
+// p does not finish it (s.data carries the state to the next call).
 func (s *inputScanner) dataEnd(p []byte) int {
-	// Finish a match begun in an earlier read, octet by octet.
-	for k := 0; s.matched > 0 && k < len(p); k++ {
-		switch {
-		case p[k] == dataEnd[s.matched]:
-			s.matched++
-		case p[k] == '\r':
-			s.matched = 1
-		default:
-			s.matched = 0
-		}
-		if s.matched == len(dataEnd) {
-			s.matched = 0
-			return k + 1
-		}
-		if s.matched == 0 {
-			return s.scanData(p, k+1)
-		}
-	}
-	if s.matched > 0 {
-		return -1
-	}
-	return s.scanData(p, 0)
-}
-
-// scanData looks for the end sequence in p from from on, with no partial
-// match pending.
-func (s *inputScanner) scanData(p []byte, from int) int {
-	if j := bytes.Index(p[from:], dataEnd); j >= 0 {
-		return from + j + len(dataEnd)
-	}
-	// Remember how much of the sequence p ends with.
-	for m := min(len(dataEnd)-1, len(p)-from); m > 0; m-- {
-		if bytes.HasSuffix(p[from:], dataEnd[:m]) {
-			s.matched = m
-			break
+	for k := 0; k < len(p); k++ {
+		c := p[k]
+		switch s.data {
+		case dataMid:
+			// Only a CR changes the state: skip to the next one.
+			j := bytes.IndexByte(p[k:], '\r')
+			if j < 0 {
+				return -1
+			}
+			k += j
+			s.data = dataCR
+		case dataBeginLine:
+			switch c {
+			case '.':
+				s.data = dataDot
+			case '\r':
+				s.data = dataCR
+			default:
+				s.data = dataMid
+			}
+		case dataDot:
+			if c == '\r' {
+				s.data = dataDotCR
+			} else {
+				s.data = dataMid
+			}
+		case dataDotCR:
+			if c == '\n' {
+				s.data = dataBeginLine
+				return k + 1
+			}
+			s.data = dataMid
+		case dataCR:
+			if c == '\n' {
+				s.data = dataBeginLine
+			} else {
+				s.data = dataMid
+			}
 		}
 	}
 	return -1
 }
 
-// postmasterRcpt finds "<postmaster>" in a RCPT line go-smtp would parse
-// as a path without a domain, and returns where it starts.
-func (s *inputScanner) postmasterRcpt(line []byte) (int, bool) {
-	if s.rcptTo == nil || len(line) < len("RCPT TO:<postmaster>") || !hasPrefixFold(line, "RCPT ") {
+// postmasterRcpt finds "<postmaster>" in a RCPT line whose argument (as
+// goSMTPCommand returns it) go-smtp would parse as a path without a
+// domain, and returns where it starts in line. A line the rewrite would
+// take past go-smtp's line limit is left alone.
+func (s *inputScanner) postmasterRcpt(line, arg []byte) (int, bool) {
+	if s.rcptTo == nil || !hasPrefixFold(arg, "TO:") {
 		return 0, false
 	}
-	i := len("RCPT ")
-	for i < len(line) && (line[i] == ' ' || line[i] == '\t') {
-		i++
-	}
-	if !hasPrefixFold(line[i:], "TO:") {
+	path := bytes.TrimLeftFunc(arg[len("TO:"):], unicode.IsSpace) // go-smtp: TrimSpace after "TO:"
+	if !hasPrefixFold(path, "<postmaster>") {
 		return 0, false
 	}
-	i += len("TO:")
-	for i < len(line) && (line[i] == ' ' || line[i] == '\t') {
-		i++
-	}
-	if !hasPrefixFold(line[i:], "<postmaster>") {
+	if len(line)+len(s.rcptTo)-len("<postmaster>") > maxLineLength {
 		return 0, false
 	}
-	return i, true
+	return cap(line) - cap(path), true // path is a subslice of line
 }
 
 func hasPrefixFold(b []byte, prefix string) bool {
 	return len(b) >= len(prefix) && strings.EqualFold(string(b[:len(prefix)]), prefix)
 }
 
-// isDATA: go-smtp reads this line as DATA without arguments, the one form
-// it answers 354 to.
-func isDATA(line []byte) bool {
-	return strings.EqualFold(strings.TrimRight(string(line), "\r\n"), "DATA")
+// goSMTPCommand reads line as go-smtp's parseCmd does (after textproto
+// took off the line end): the command, upper case, and its argument
+// (a subslice of line), or false where go-smtp answers a syntax error.
+func goSMTPCommand(line []byte) (cmd string, arg []byte, ok bool) {
+	l := bytes.TrimRight(line, "\r\n")
+	switch {
+	case hasPrefixFold(l, "STARTTLS"):
+		return "STARTTLS", nil, true
+	case len(l) < 4 || len(l) == 5:
+		return "", nil, false
+	case len(l) > 5 && l[4] != ' ':
+		return "", nil, false
+	}
+	var c [4]byte
+	for i := range c {
+		c[i] = l[i]
+		if 'a' <= c[i] && c[i] <= 'z' {
+			c[i] -= 'a' - 'A'
+		}
+	}
+	if len(l) == 4 {
+		return string(c[:]), nil, true
+	}
+	return string(c[:]), bytes.TrimSpace(l[5:]), true
 }
 
-// bdatSize is the chunk size of a line go-smtp parses as a valid BDAT
-// command (its parseCmd and handleBdat), whose chunk it then reads.
-func bdatSize(line []byte) (uint64, bool) {
-	if len(line) < 5 || !hasPrefixFold(line, "BDAT ") {
-		return 0, false
-	}
-	l := strings.TrimRight(string(line), "\r\n")
-	if len(l) < 6 { // go-smtp: a five-octet line is "mangled"
-		return 0, false
-	}
-	args := strings.Fields(strings.TrimSpace(l[5:]))
+// bdatSize is the chunk size of a BDAT argument go-smtp's handleBdat
+// accepts; it then reads the chunk whatever it answers.
+func bdatSize(arg []byte) (uint64, bool) {
+	args := strings.Fields(string(arg))
 	if len(args) == 0 || len(args) > 2 || len(args) == 2 && !strings.EqualFold(args[1], "LAST") {
 		return 0, false
 	}

@@ -10,8 +10,9 @@ import (
 )
 
 // scanAll runs in through a scanner the way conn.Read does, cut into
-// reads of at most size octets; each DATA line the scanner waits at is
-// answered 354 or refused as accept says, in order.
+// reads of at most size octets; each DATA or AUTH line (or AUTH response)
+// the scanner waits at is answered 354 or 334, or refused, as accept
+// says, in order.
 func scanAll(in []byte, size int, accept []bool) []byte {
 	s := inputScanner{rcptTo: []byte("<postmaster@local.test>")}
 	var out []byte
@@ -21,7 +22,7 @@ func scanAll(in []byte, size int, accept []bool) []byte {
 			if len(accept) > 0 {
 				accept = accept[1:]
 			}
-			out = append(out, s.resolve(ok)...)
+			out = append(out, s.resolve(ok, ok)...)
 			continue
 		}
 		n := min(size, len(in))
@@ -36,12 +37,12 @@ func scanAll(in []byte, size int, accept []bool) []byte {
 // never in a message, a BDAT chunk or a line too long to hold, and the
 // result is the same however the input is cut into reads.
 func TestInputScanner(t *testing.T) {
-	long := "NOOP " + strings.Repeat("x", maxHeldLine) + " RCPT TO:<postmaster>\r\n"
+	long := "RCPT TO:<postmaster> " + strings.Repeat("x", maxHeldLine) + "\r\n" // past go-smtp's limit
 	chunk := "RCPT TO:<postmaster>\r\n"
 	cases := []struct {
 		name     string
 		in, want string
-		accept   []bool // the answers to DATA lines: 354 or not
+		accept   []bool // the answers to DATA and AUTH lines: 354/334 or not
 	}{
 		{"bare postmaster", "RCPT TO:<postmaster>\r\n", "RCPT TO:<postmaster@local.test>\r\n", nil},
 		{"any case, spaces and parameters", "rcpt to: <PostMaster> NOTIFY=NEVER\r\n", "rcpt to: <postmaster@local.test> NOTIFY=NEVER\r\n", nil},
@@ -64,6 +65,12 @@ func TestInputScanner(t *testing.T) {
 		{"BDAT LAST", fmt.Sprintf("bdat %d last\r\n%s", len(chunk), chunk), fmt.Sprintf("bdat %d last\r\n%s", len(chunk), chunk), nil},
 		{"a BDAT go-smtp refuses has no chunk", "BDAT -5\r\nRCPT TO:<postmaster>\r\n", "BDAT -5\r\nRCPT TO:<postmaster@local.test>\r\n", nil},
 		{"a line too long to hold", long, long, nil},
+		{"DATA with trailing white space is DATA", "DATA \t\r\nRCPT TO:<postmaster>\r\n.\r\n", "DATA \t\r\nRCPT TO:<postmaster>\r\n.\r\n", []bool{true}},
+		{"go-smtp's data reader quirks",
+			"DATA\r\n.\r\r\nRCPT TO:<postmaster>\r\nx\r\r\n.\r\nRCPT TO:<postmaster>\r\n.\r\nRCPT TO:<postmaster>\r\n",
+			"DATA\r\n.\r\r\nRCPT TO:<postmaster>\r\nx\r\r\n.\r\nRCPT TO:<postmaster>\r\n.\r\nRCPT TO:<postmaster@local.test>\r\n", []bool{true}},
+		{"an AUTH response is no command", "AUTH PLAIN\r\nBDAT 3\r\nRCPT TO:<postmaster>\r\n", "AUTH PLAIN\r\nBDAT 3\r\nRCPT TO:<postmaster@local.test>\r\n", []bool{true, false}},
+		{"AUTH answered at once", "AUTH PLAIN AGEAYg==\r\nRCPT TO:<postmaster>\r\n", "AUTH PLAIN AGEAYg==\r\nRCPT TO:<postmaster@local.test>\r\n", []bool{false}},
 		{"unfinished at the end", "RCPT TO:<postmaster>", "RCPT TO:<postmaster>", nil},
 	}
 	for _, tc := range cases {

@@ -213,7 +213,7 @@ func (s *Server) newSMTPServer() *smtp.Server {
 	srv.Domain = s.cfg.Hostname
 	srv.ReadTimeout = s.timeouts.Command
 	srv.WriteTimeout = s.timeouts.Command
-	srv.MaxLineLength = 2000
+	srv.MaxLineLength = maxLineLength
 	srv.AllowInsecureAuth = true // AUTH is offered only over TLS by the session
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
