@@ -228,10 +228,6 @@ func (e *Scheduler) claim() bool {
 	// decide runs inside the commit, which may run it again for the same
 	// tasks: each task's decision is made once and remembered, and nothing
 	// outside reads held or slots until the claim has returned.
-	type decision struct {
-		at   time.Time
-		take bool
-	}
 	decided := make(map[spool.Task]decision)
 	slots := make(map[string]time.Time) // per destination: the last postponement
 	decide := func(t spool.Task) (time.Time, bool) {
@@ -262,9 +258,32 @@ func (e *Scheduler) claim() bool {
 	}
 	if n := seen - len(tasks); n > 0 {
 		e.obs.Postponed(n)
+		if e.log.Enabled(context.Background(), slog.LevelDebug) {
+			e.logPostponed(now, decided, slots)
+		}
 	}
 	e.enqueue(tasks)
 	return seen == limit
+}
+
+// logPostponed says, per destination, how many recipients a claim
+// postponed and until when (the queue shows them pending with a later
+// next attempt; this says why).
+func (e *Scheduler) logPostponed(now time.Time, decided map[spool.Task]decision, slots map[string]time.Time) {
+	counts := make(map[string]int, len(slots))
+	for t, d := range decided {
+		if !d.take {
+			counts[e.hops.Load().routes.destKey(t.Domain)]++
+		}
+	}
+	for key, n := range counts {
+		rate, known := 0.0, false
+		if d := e.dests[key]; d != nil {
+			rate, known = d.drain.rate(now)
+		}
+		e.log.Debug("recipients postponed: destination holds its share", "destination", key, "count", n,
+			"last_until", slots[key], "finishing_per_second", rate, "rate_known", known)
+	}
 }
 
 const (
@@ -311,6 +330,13 @@ func (e *Scheduler) postponeTo(now time.Time, key string, held int, slots map[st
 		return t.Add(postponeGrain - time.Duration(rem))
 	}
 	return t
+}
+
+// decision is what a claim decided for one due recipient: claim it
+// (take) with a lease until at, or postpone it to at.
+type decision struct {
+	at   time.Time
+	take bool
 }
 
 // workDone is a finished attempt (or a batch deferred without dialling).

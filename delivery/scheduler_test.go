@@ -306,6 +306,9 @@ func TestDeliverBacklogPostponed(t *testing.T) {
 	if got := w.postponed(); got != backlog-perDst {
 		t.Errorf("%d postponements counted, want %d", got, backlog-perDst)
 	}
+	if want := fmt.Sprintf(`msg="recipients postponed: destination holds its share" destination=example.test count=%d`, backlog-perDst); !strings.Contains(w.logs.String(), want) {
+		t.Errorf("no debug line %q in the log", want)
+	}
 
 	// Time passes in small steps: the backlog drains well inside the
 	// minute the fallback would put each one off for.
