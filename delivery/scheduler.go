@@ -213,8 +213,9 @@ func (e *Scheduler) nextWake(more bool) time.Duration {
 // rate it has been finishing recipients, after what it holds, within
 // [postponeMin, postponeMax] of now and rounded up to postponeGrain; at a
 // minute (or the first backoff, if shorter) until that rate is known, and
-// at postponeMax once nothing has finished for long. A backlog is then rewritten about
-// once for each postponeMax it waits, not each time the scheduler claims.
+// at postponeMax once nothing has finished for long. A backlog is then
+// rewritten about once for each postponeMax it waits, not each time the
+// scheduler claims.
 func (e *Scheduler) claim() bool {
 	limit := min(e.cfg.ActiveEntries-e.active, claimBatch)
 	if limit <= 0 {
