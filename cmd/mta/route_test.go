@@ -48,13 +48,7 @@ func TestRouteCommand(t *testing.T) {
 	d := testpeer.NewDNS(t, routeCmdZone)
 	d.Set("servfail.test", peer.ModeServfail)
 	srv := "--server=" + d.Addr()
-	cases := []struct {
-		name    string
-		args    []string
-		status  int
-		stdout  []string // substrings, in order, spaces collapsed
-		message string   // prefix of the stderr line after "mta: "
-	}{
+	cases := []routeCase{
 		{name: "route_found", args: []string{"plain.test", srv}, status: exitOK, stdout: []string{
 			"route to plain.test", "DNS steps:", "1 MX plain.test. NOERROR " + d.Addr() + " udp",
 			"plain.test. 300 MX 10 mx1.plain.test.", "2 A mx1.plain.test. NOERROR", "hosts, in the order delivery tries them (MX)",
@@ -81,26 +75,7 @@ func TestRouteCommand(t *testing.T) {
 		{name: "two_domains", args: []string{"a.test", "b.test", srv}, status: exitUsage},
 		{name: "bad_server", args: []string{"plain.test", "--server", "dns.example"}, status: exitUsage},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			out, status, stderr := routeCmd(t, tc.args...)
-			if status != tc.status {
-				t.Fatalf("exit %d, want %d\nstdout:\n%s\nstderr: %s", status, tc.status, out, stderr)
-			}
-			// Columns are padded; compare with runs of spaces collapsed.
-			rest := strings.Join(strings.Fields(out), " ")
-			for _, want := range tc.stdout {
-				i := strings.Index(rest, want)
-				if i < 0 {
-					t.Fatalf("stdout lacks %q (in order):\n%s", want, out)
-				}
-				rest = rest[i+len(want):]
-			}
-			if tc.message != "" && !strings.HasPrefix(stderr, "mta: "+tc.message) {
-				t.Errorf("stderr %q, want it to start with %q", stderr, "mta: "+tc.message)
-			}
-		})
-	}
+	runRouteCases(t, cases)
 }
 
 func TestRouteCommandJSON(t *testing.T) {
@@ -188,11 +163,11 @@ func TestRouteCommandConfig(t *testing.T) {
 	writeFile(t, path, "hostname: mx2.plain.test\nlisteners:\n  relay: [\"127.0.0.9:2525\"]\ndns:\n  servers: [\""+d.Addr()+"\"]\n  timeout: 1s\n"+
 		"delivery:\n  allow_private_mx: true\n  proxy_addresses: [\"192.0.2.25\"]\n")
 	cases := []routeCase{
-		{"servers_and_allow_private", []string{"lab.test", "--config", path}, exitOK, []string{"1. mx.lab.test pref 10 127.0.0.2"}},
-		{"hostname_is_self", []string{"plain.test", "--config", path}, exitOK, []string{"1. mx1.plain.test", "dropped:", "mx2.plain.test pref 20 self: our host name"}},
-		{"flag_wins", []string{"lab.test", "--config", path, "--allow-private=false"}, exitNoHost, []string{"prohibited: loopback"}},
-		{"proxy_address_is_self", []string{"selfaddr.test", "--config", path}, exitOK, []string{"1. mx.lab.test pref 10 127.0.0.2", "dropped:", "proxy.selfaddr.test pref 20 self: one of our addresses", "skipped 192.0.2.25: self"}},
-		{"listener_address_is_self", []string{"selfaddr.test", "--config", path}, exitOK, []string{"listener.selfaddr.test pref 30 self: one of our addresses", "skipped 127.0.0.9: self"}},
+		{"servers_and_allow_private", []string{"lab.test", "--config", path}, exitOK, []string{"1. mx.lab.test pref 10 127.0.0.2"}, ""},
+		{"hostname_is_self", []string{"plain.test", "--config", path}, exitOK, []string{"1. mx1.plain.test", "dropped:", "mx2.plain.test pref 20 self: our host name"}, ""},
+		{"flag_wins", []string{"lab.test", "--config", path, "--allow-private=false"}, exitNoHost, []string{"prohibited: loopback"}, ""},
+		{"proxy_address_is_self", []string{"selfaddr.test", "--config", path}, exitOK, []string{"1. mx.lab.test pref 10 127.0.0.2", "dropped:", "proxy.selfaddr.test pref 20 self: one of our addresses", "skipped 192.0.2.25: self"}, ""},
+		{"listener_address_is_self", []string{"selfaddr.test", "--config", path}, exitOK, []string{"listener.selfaddr.test pref 30 self: one of our addresses", "skipped 127.0.0.9: self"}, ""},
 	}
 	runRouteCases(t, cases)
 	if _, status, _ := routeCmd(t, "plain.test", "--config", filepath.Join(t.TempDir(), "missing.yaml")); status != exitConfig {
@@ -216,12 +191,12 @@ func TestRouteCommandNextHop(t *testing.T) {
 		"  auth:\n    username: relayuser\n    password_file: "+filepath.Join(dir, "no-such-password")+"\n")
 	cases := []routeCase{
 		{"routes", []string{"own.test", "--config", path}, exitOK, []string{"configured next hop: routes in " + path,
-			"tls none", "1. mx.lab.test port 2525 (no TLS) 127.0.0.2", "2. gone.lab.test port 25 (no TLS)", "NXDOMAIN"}},
+			"tls none", "1. mx.lab.test port 2525 (no TLS) 127.0.0.2", "2. gone.lab.test port 25 (no TLS)", "NXDOMAIN"}, ""},
 		{"relayhost", []string{"RELAYED.test.", "--config", path}, exitOK, []string{"configured next hop: relayhost",
-			"tls verify, AUTH as relayuser after TLS", "1. 192.0.2.99 port 465 (implicit TLS) 192.0.2.99"}},
-		{"IPv6_literal", []string{"v6.test", "--config", path}, exitOK, []string{"1. 2001:db8::1 port 2525 (STARTTLS) 2001:db8::1"}},
-		{"no_host_has_an_address", []string{"down.test", "--config", path}, exitTempFail, []string{"1. gone.lab.test port 25 (STARTTLS)"}},
-		{"not_covered_goes_by_MX", []string{"plain.test", "--config", path}, exitOK, []string{"1. mx1.plain.test pref 10 192.0.2.1"}},
+			"tls verify, AUTH as relayuser after TLS", "1. 192.0.2.99 port 465 (implicit TLS) 192.0.2.99"}, ""},
+		{"IPv6_literal", []string{"v6.test", "--config", path}, exitOK, []string{"1. 2001:db8::1 port 2525 (STARTTLS) 2001:db8::1"}, ""},
+		{"no_host_has_an_address", []string{"down.test", "--config", path}, exitTempFail, []string{"1. gone.lab.test port 25 (STARTTLS)"}, ""},
+		{"not_covered_goes_by_MX", []string{"plain.test", "--config", path}, exitOK, []string{"1. mx1.plain.test pref 10 192.0.2.1"}, ""},
 	}
 	runRouteCases(t, cases)
 	for _, q := range d.Queries() {
@@ -256,13 +231,16 @@ func TestRouteCommandNextHop(t *testing.T) {
 	}
 }
 
-// routeCase is `mta route args...` with the exit status it must give and
-// what its stdout must contain (compared with runs of spaces folded).
+// routeCase is `mta route args...` with the exit status it must give,
+// what its stdout must contain, in order (compared with runs of spaces
+// folded: columns are padded), and how its stderr line must start after
+// "mta: " ("" for anything).
 type routeCase struct {
-	name   string
-	args   []string
-	status int
-	stdout []string
+	name    string
+	args    []string
+	status  int
+	stdout  []string
+	message string
 }
 
 func runRouteCases(t *testing.T, cases []routeCase) {
@@ -271,13 +249,18 @@ func runRouteCases(t *testing.T, cases []routeCase) {
 		t.Run(tc.name, func(t *testing.T) {
 			out, status, stderr := routeCmd(t, tc.args...)
 			if status != tc.status {
-				t.Fatalf("exit %d, want %d\n%s%s", status, tc.status, out, stderr)
+				t.Fatalf("exit %d, want %d\nstdout:\n%s\nstderr: %s", status, tc.status, out, stderr)
 			}
-			flat := strings.Join(strings.Fields(out), " ")
+			rest := strings.Join(strings.Fields(out), " ")
 			for _, want := range tc.stdout {
-				if !strings.Contains(flat, want) {
-					t.Errorf("stdout lacks %q:\n%s", want, out)
+				i := strings.Index(rest, want)
+				if i < 0 {
+					t.Fatalf("stdout lacks %q (in order):\n%s", want, out)
 				}
+				rest = rest[i+len(want):]
+			}
+			if tc.message != "" && !strings.HasPrefix(stderr, "mta: "+tc.message) {
+				t.Errorf("stderr %q, want it to start with %q", stderr, "mta: "+tc.message)
 			}
 		})
 	}
