@@ -141,7 +141,13 @@ func (p *proc) waitReady(from int) {
 	if !ok {
 		p.t.Fatalf("daemon not ready (exit: %v)", p.exitErr())
 	}
-	p.relay, p.submission, p.submit, p.admin, p.metrics = "", "", "", "", ""
+	l := listening(ready)
+	p.relay, p.submission, p.submit, p.admin, p.metrics = l["relay"], l["submission"], l["submit"], l["admin"], l["metrics"]
+}
+
+// listening reads the daemon's ready line (text or JSON log format):
+// listener name → address.
+func listening(ready string) map[string]string {
 	var list string
 	var fields map[string]any
 	if json.Unmarshal([]byte(ready), &fields) == nil { // log.format: json
@@ -149,21 +155,12 @@ func (p *proc) waitReady(from int) {
 	} else {
 		_, list, _ = strings.Cut(ready, "listening=")
 	}
+	m := map[string]string{}
 	for _, f := range strings.Fields(strings.Trim(list, `"`)) {
-		k, v, _ := strings.Cut(f, "=")
-		switch k {
-		case "relay":
-			p.relay = v
-		case "submission":
-			p.submission = v
-		case "submit":
-			p.submit = v
-		case "admin":
-			p.admin = v
-		case "metrics":
-			p.metrics = v
-		}
+		k, v, _ := strings.Cut(strings.Trim(f, `"`), "=")
+		m[k] = v
 	}
+	return m
 }
 
 func (p *proc) exitErr() error {

@@ -104,19 +104,8 @@ func startServe(t *testing.T, config string) *served {
 	})
 	select {
 	case line := <-ready:
-		for _, f := range strings.Fields(strings.Trim(line[strings.Index(line, "listening=")+len("listening="):], `"`)) {
-			k, v, _ := strings.Cut(strings.Trim(f, `"`), "=")
-			switch k {
-			case "relay":
-				s.relay = v
-			case "admin":
-				s.admin = v
-			case "submit":
-				s.submit = v
-			case "metrics":
-				s.metrics = v
-			}
-		}
+		l := listening(line)
+		s.relay, s.admin, s.submit, s.metrics = l["relay"], l["admin"], l["submit"], l["metrics"]
 	case result = <-s.done:
 		finished = true
 		t.Fatalf("serve ended before ready: %v", result)
